@@ -1,0 +1,1 @@
+"""Text encoders and latent spaces (pixel space, VAE)."""
