@@ -24,6 +24,14 @@ class ModelBundle:
     latent_space: Any
     latent_shape: tuple[int, int, int, int]    # [frames, height, width, channels] of one training latent
     text_length: int
+    # Micro-conditions of an uncropped training clip (model.MICRO_CONDITIONS order), used when none are given.
+    default_micro: tuple[float, ...] = (0.0,) * 6
+
+    def micro_conditions(self, batch: int, micro_conditions=None) -> jax.Array:
+        """``[batch, 6]`` float32: ``micro_conditions`` if given, else ``default_micro`` for every sample."""
+        if micro_conditions is not None:
+            return jnp.asarray(micro_conditions, jnp.float32)
+        return jnp.broadcast_to(jnp.asarray(self.default_micro, jnp.float32), (batch, 6))
 
     def init_boxed_params(self, rng: jax.Array) -> dict:
         """Trainable parameters ``{'dit': ..., 'text': ...}`` with their logical-partitioning boxes."""
@@ -34,18 +42,23 @@ class ModelBundle:
         seq, pooled = self.text_encoder.apply({"params": text_params}, ids, mask)
         latents = jnp.zeros((1,) + self.latent_shape)
         dit_params = self.dit.init(dit_rng, latents, timesteps=jnp.zeros((1,)), text=seq, text_mask=mask,
-                                   pooled_text=pooled)["params"]
+                                   pooled_text=pooled, micro_conditions=self.micro_conditions(1))["params"]
         return {"dit": dit_params, "text": text_params}
 
     def encode_text(self, params, ids, mask):
         """``(sequence [batch, len, dim], pooled [batch, dim])`` for token ``ids``/``mask`` ``[batch, len]``."""
         return self.text_encoder.apply({"params": params["text"]}, ids, mask)
 
-    def velocity(self, params, latents, timesteps, ids, mask):
-        """The DiT velocity for latents ``[batch, frames, height, width, channels]`` and text tokens."""
+    def velocity(self, params, latents, timesteps, ids, mask, *, micro_conditions=None, mask_rng=None):
+        """The DiT velocity for latents ``[batch, frames, height, width, channels]`` and text tokens.
+
+        ``micro_conditions`` ``[batch, 6]`` (the batch's ``micro_conditions``; ``default_micro`` when None);
+        ``mask_rng``: MaskDiT key (None = no token masking, as in fine-tuning and sampling).
+        """
         seq, pooled = self.encode_text(params, ids, mask)
+        micro = self.micro_conditions(latents.shape[0], micro_conditions)
         return self.dit.apply({"params": params["dit"]}, latents, timesteps=timesteps, text=seq, text_mask=mask,
-                              pooled_text=pooled)
+                              pooled_text=pooled, micro_conditions=micro, mask_rng=mask_rng)
 
 
 def build_model_bundle(config) -> ModelBundle:
@@ -60,5 +73,7 @@ def build_model_bundle(config) -> ModelBundle:
     res = config.data.resolution
     factor = config.latent.factor
     latent_shape = (config.data.frames, res // factor, res // factor, latent_space.channels)
+    default_micro = (float(res), float(res), 0.0, 0.0, float(config.data.frame_stride), float(config.data.frames))
     return ModelBundle(dit=STIVDiT(model_config), text_encoder=text_encoder, tokenize=tokenize,
-                       latent_space=latent_space, latent_shape=latent_shape, text_length=config.text.max_length)
+                       latent_space=latent_space, latent_shape=latent_shape, text_length=config.text.max_length,
+                       default_micro=default_micro)
