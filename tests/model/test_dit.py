@@ -29,15 +29,19 @@ def make_inputs(batch=2, frames=4):
 
 
 def init_params(config, inputs, keep_zero=()):
-    """Initialised parameters plus noise everywhere (so zero-init gates/outputs are live), except ``keep_zero``."""
-    params = nn.unbox(jax.jit(STIVDiT(config).init)(jax.random.key(1), **inputs)["params"])
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    noisy = []
-    for i, (path, leaf) in enumerate(leaves):
+    """Random parameters of the right shapes (from ``jax.eval_shape``, no init compile), all live (so zero-init
+    gates and outputs do not hide anything), except paths containing a ``keep_zero`` string, which are zero."""
+    shapes = nn.unbox(jax.eval_shape(STIVDiT(config).init, jax.random.key(1), **inputs)["params"])
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    rng = np.random.default_rng(2)   # numpy: no per-shape compiles
+    values = []
+    for path, leaf in leaves:
         name = "/".join(str(getattr(k, "key", k)) for k in path)
-        noise = 0.05 * jax.random.normal(jax.random.fold_in(jax.random.key(2), i), leaf.shape)
-        noisy.append(leaf if any(z in name for z in keep_zero) else leaf + noise)
-    return jax.tree.unflatten(treedef, noisy)
+        value = (1.0 if name.endswith("norm/scale") else 0.0) + 0.05 * rng.standard_normal(leaf.shape)
+        if any(z in name for z in keep_zero):
+            value = np.zeros(leaf.shape)
+        values.append(jnp.asarray(value, leaf.dtype))
+    return jax.tree.unflatten(treedef, values)
 
 
 def forward(config):
@@ -75,9 +79,10 @@ def test_t2v_with_zero_init_temporal_output_reproduces_t2i_frame_by_frame():
     np.testing.assert_allclose(video_out, image_out, rtol=1e-4, atol=1e-5)
     # Once the temporal output projection is non-zero, frames interact and the equality breaks.
     trained = jax.tree.map(lambda x: x, t2v_params)
+    out_proj = trained["block_0"]["temporal_attn"]["out"]
+    noise = 0.05 * jax.random.normal(jax.random.key(9), out_proj["kernel"].shape)
     trained["block_0"] = dict(trained["block_0"], temporal_attn=dict(
-        trained["block_0"]["temporal_attn"], out={"kernel": 0.05 + trained["block_0"]["temporal_attn"]["out"][
-            "kernel"], "bias": trained["block_0"]["temporal_attn"]["out"]["bias"]}))
+        trained["block_0"]["temporal_attn"], out=dict(out_proj, kernel=out_proj["kernel"] + noise)))
     assert not np.allclose(forward(t2v_config)(trained, inputs), image_out, atol=1e-3)
 
 
