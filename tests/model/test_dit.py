@@ -159,3 +159,28 @@ def test_full_3d_attention_mixes_frames_and_masks_with_3d_positions():
     np.testing.assert_allclose(run(params, inputs, jax.random.key(5)), out, rtol=1e-4, atol=1e-5)
     moved = run(params, dict(inputs, latents=inputs["latents"].at[:, 3].add(1.0)))
     assert not np.allclose(moved[:, 0], out[:, 0], atol=1e-4)
+
+
+def test_every_parameter_has_logical_axis_names():
+    config = make_config(adaln="per_block", temporal_adaln=True, scan_layers=True)
+    boxed = jax.eval_shape(STIVDiT(config).init, jax.random.key(0), **make_inputs())["params"]
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert leaves and all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
+    for leaf in leaves:
+        assert len(leaf.names) == leaf.value.ndim and any(leaf.names), leaf.names
+    names = {name for leaf in leaves for name in leaf.names}
+    assert {"embed", "mlp", "heads", "head_dim", "layers"} <= names
+
+
+def test_forward_sharded_over_fsdp_context_tensor_matches_unsharded(base):
+    import ml_collections
+    from stiv_jax.parallel import mesh as mesh_lib
+    config, params, inputs, expected = base
+    mesh_config = ml_collections.ConfigDict(dict(ici=dict(data=1, fsdp=2, context=2, tensor=2), logical_rules=()))
+    mesh, rules = mesh_lib.build_mesh(mesh_config), mesh_lib.logical_rules(mesh_config)
+    specs = nn.get_partition_spec(jax.eval_shape(STIVDiT(config).init, jax.random.key(0), **inputs)["params"])
+    sharded = jax.device_put(params, mesh_lib.logical_to_sharding(specs, mesh, rules))
+    assert tuple(sharded["block_0"]["ffn"]["wi"]["kernel"].sharding.spec) == ("fsdp", "tensor")
+    with mesh_lib.activate(mesh, rules):
+        out = forward(config)(sharded, inputs)
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
