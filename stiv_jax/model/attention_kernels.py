@@ -3,8 +3,10 @@
 - ``xla``: plain einsums, logits and softmax in float32 (runs everywhere; the reference).
 - ``dot_product``: ``jax.nn.dot_product_attention``, cuDNN flash attention on GPU for 16-bit inputs, XLA
   otherwise.
-- ``splash``: the Pallas TPU splash-attention kernel; block sizes from the config; a clear error off TPU
-  (``splash_interpret=True`` runs it in Pallas interpret mode for CPU tests).
+- ``splash``: the Pallas TPU splash-attention kernel; block sizes from the config (upper bounds: the largest
+  multiple of 128 dividing the length is used); a clear error off TPU (``splash_interpret=True`` runs it in Pallas
+  interpret mode for CPU tests). Sequences whose length is not a multiple of 128 (temporal attention over a few
+  frames, a 77-token text) take the XLA path.
 
 All take ``q`` ``[batch, q_len, heads, head_dim]``, ``k``/``v`` ``[batch, kv_len, heads, head_dim]`` and an
 optional key padding mask ``kv_mask`` ``[batch, kv_len]`` (True = real token). Query rows without any valid key
@@ -45,17 +47,24 @@ def jax_nn_attention(q, k, v, *, kv_mask=None, causal: bool = False):
                                         implementation="cudnn" if use_cudnn else "xla")
 
 
+SPLASH_MIN_BLOCK = 128  # TPU lanes: splash blocks (and so sequence lengths) are multiples of 128
+
+
+def _block_size(block: int, length: int) -> int:
+    """The largest multiple of 128 that is <= ``block`` and divides ``length`` (config blocks are upper bounds)."""
+    for size in range(min(block, length) // SPLASH_MIN_BLOCK * SPLASH_MIN_BLOCK, 0, -SPLASH_MIN_BLOCK):
+        if length % size == 0:
+            return size
+    raise ValueError(f"splash attention: no block size that is a multiple of {SPLASH_MIN_BLOCK}, at most {block} "
+                     f"and divides the sequence length {length}; raise config.model.splash_block_*")
+
+
 def _splash_kernel(config: DiTConfig, q_len: int, kv_len: int, num_heads: int, causal: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_mask
-    blocks = {}
-    for key, length in (("splash_block_q", q_len), ("splash_block_kv", kv_len),
-                        ("splash_block_kv_compute", kv_len)):
-        block = min(getattr(config, key), length)
-        if length % block:
-            raise ValueError(f"splash attention: sequence length {length} is not a multiple of "
-                             f"config.model.{key}={block}; change the block size or the token count")
-        blocks[key] = block
+    blocks = {"splash_block_q": _block_size(config.splash_block_q, q_len),
+              "splash_block_kv": _block_size(config.splash_block_kv, kv_len)}
+    blocks["splash_block_kv_compute"] = _block_size(config.splash_block_kv_compute, blocks["splash_block_kv"])
     sizes = splash.BlockSizes(block_q=blocks["splash_block_q"], block_kv=blocks["splash_block_kv"],
                               block_kv_compute=blocks["splash_block_kv_compute"],
                               block_q_dkv=blocks["splash_block_q"], block_kv_dkv=blocks["splash_block_kv"],
@@ -66,13 +75,23 @@ def _splash_kernel(config: DiTConfig, q_len: int, kv_len: int, num_heads: int, c
                                           head_shards=1, q_seq_shards=1, interpret=config.splash_interpret)
 
 
+def _target_platform() -> str:
+    """Platform of the active mesh's devices (TPU for an AOT compile on a CPU host), else the default backend."""
+    device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+    return getattr(device, "platform", None) or jax.default_backend()
+
+
 def splash_attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig):
     """Pallas TPU splash attention, vmapped over the batch and ``shard_map``-ped over the active mesh."""
-    if jax.default_backend() != "tpu" and not config.splash_interpret:
-        raise ValueError(f"config.model.attention_impl='splash' needs a TPU, but the JAX backend is "
-                         f"{jax.default_backend()!r}; use attention_impl='xla' or 'dot_product' here")
+    platform = _target_platform()
+    if platform != "tpu" and not config.splash_interpret:
+        raise ValueError(f"config.model.attention_impl='splash' needs a TPU, but the target platform is "
+                         f"{platform!r}; use attention_impl='xla' or 'dot_product' here")
     batch, q_len, num_heads, head_dim = q.shape
     kv_len = k.shape[1]
+    if q_len % SPLASH_MIN_BLOCK or kv_len % SPLASH_MIN_BLOCK:
+        # Short or odd sequences (temporal attention over ~10 frames, ~77 text tokens) are cheap: use XLA.
+        return xla_attention(q, k, v, kv_mask=kv_mask, causal=causal)
     splash, kernel = _splash_kernel(config, q_len, kv_len, num_heads, causal)
     if kv_mask is None:
         kv_mask = jnp.ones((batch, kv_len), bool)

@@ -1,6 +1,7 @@
 """Building blocks of the STIV DiT: stateless norms, attention with QK-norm and RoPE, FFN, modulation."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -118,7 +119,9 @@ class Attention(nn.Module):
             k = RMSNorm(eps=cfg.norm_eps, param_dtype=cfg.weight_dtype, name="key_norm")(k)
         if angles is not None:
             q, k = apply_rotary(q, angles), apply_rotary(k, angles)
-        out = attention(q, k, v, kv_mask=kv_mask, causal=self.causal, config=cfg)
+        # Initialisation only needs shapes: use XLA there, so a splash config initialises on any host (AOT).
+        kernel_config = dataclasses.replace(cfg, attention_impl="xla") if self.is_initializing() else cfg
+        out = attention(q, k, v, kv_mask=kv_mask, causal=self.causal, config=kernel_config)
         out = shard_logical(out, q_names)
         if self.remat_name:
             out = checkpoint_name(out, self.remat_name)
