@@ -1,1 +1,1 @@
-"""Text encoders (CLIP, T5, BERT) and latent spaces (VAE) with loaders for public checkpoint formats."""
+"""Text encoders (token embedding, CLIP, T5, BERT) and latent spaces (pixel space, VAE) with public-format loaders."""

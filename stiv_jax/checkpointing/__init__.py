@@ -1,0 +1,1 @@
+"""Orbax checkpoints of the train state, data-iterator state and config."""

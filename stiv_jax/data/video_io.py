@@ -1,0 +1,116 @@
+"""Decode and encode videos with PyAV (bundled FFmpeg; no system ffmpeg needed)."""
+from __future__ import annotations
+
+import io
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+from PIL import Image
+
+
+class VideoDecodeError(RuntimeError):
+    """A video could not be opened or decoded (corrupt, truncated, unsupported)."""
+
+
+def probe(source) -> dict:
+    """Metadata of a video file path or bytes: fps, width, height, num_frames (estimate), duration (s)."""
+    try:
+        with av.open(_as_file(source)) as container:
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0) or 25.0
+            duration = float(stream.duration * stream.time_base) if stream.duration else (
+                container.duration / av.time_base if container.duration else 0.0)
+            frames = stream.frames or int(round(duration * fps))
+            return dict(fps=fps, width=stream.codec_context.width, height=stream.codec_context.height,
+                        num_frames=int(frames), duration=duration)
+    except (av.error.FFmpegError, IndexError, OSError) as e:
+        raise VideoDecodeError(f"cannot probe video {_name(source)}: {e}") from e
+
+
+def decode_frames(source, *, start_frame: int = 0, num_frames: int | None = None, stride: int = 1,
+                  size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decodes frames ``start_frame, start_frame + stride, ...`` as uint8 ``[frames, height, width, 3]``.
+
+    Args:
+      source: a file path or the encoded bytes.
+      start_frame: first frame index to keep.
+      num_frames: how many frames to keep (None: until the end).
+      stride: keep one of every ``stride`` frames.
+      size: optional ``(height, width)`` to resize to (bilinear, FFmpeg's scaler).
+
+    Raises:
+      VideoDecodeError: the video is corrupt, truncated or has fewer frames than requested.
+    """
+    frames = []
+    try:
+        with av.open(_as_file(source)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for index, frame in enumerate(container.decode(stream)):
+                if index < start_frame or (index - start_frame) % stride:
+                    continue
+                if size is not None:
+                    frame = frame.reformat(width=size[1], height=size[0], format="rgb24")
+                frames.append(frame.to_ndarray(format="rgb24"))
+                if num_frames is not None and len(frames) == num_frames:
+                    break
+    except (av.error.FFmpegError, OSError, ValueError) as e:
+        raise VideoDecodeError(f"cannot decode video {_name(source)}: {e}") from e
+    if not frames or (num_frames is not None and len(frames) < num_frames):
+        raise VideoDecodeError(
+            f"video {_name(source)} gave {len(frames)} frames from frame {start_frame} at stride {stride}, "
+            f"{num_frames} needed")
+    return np.stack(frames)
+
+
+def encode_mp4(frames: np.ndarray, *, fps: float, path: str | None = None, crf: int = 18) -> bytes:
+    """Encodes uint8 ``[frames, height, width, 3]`` as H.264 mp4 (yuv420p). Writes ``path`` if given.
+
+    Odd sizes are padded to even by edge replication (yuv420p needs even dimensions).
+    """
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 [frames, height, width, 3], got {frames.dtype} {frames.shape}")
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if pad_h or pad_w:
+        frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    data = buffer.getvalue()
+    if path is not None:
+        _atomic_write(path, data)
+    return data
+
+
+def write_gif(frames: np.ndarray, path: str, *, fps: float) -> None:
+    """Writes uint8 ``[frames, height, width, 3]`` as a looping GIF."""
+    images = [Image.fromarray(f) for f in np.asarray(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="GIF", save_all=True, append_images=images[1:],
+                   duration=max(1, int(round(1000 / fps))), loop=0)
+    _atomic_write(path, buffer.getvalue())
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _as_file(source):
+    return io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+
+
+def _name(source) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)

@@ -1,0 +1,1 @@
+"""The STIV spatio-temporal diffusion transformer (Flax Linen, logically partitioned)."""

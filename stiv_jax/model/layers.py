@@ -1,0 +1,134 @@
+"""Building blocks of the STIV DiT: stateless norms, attention with QK-norm and RoPE, FFN, modulation."""
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from stiv_jax.model.config import DiTConfig
+from stiv_jax.model.rope import apply_rotary
+from stiv_jax.parallel.mesh import shard_logical
+
+
+def stateless_layer_norm(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
+    """LayerNorm without scale or bias, computed in float32 (AXLearn ``LayerNormStateless``)."""
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)
+
+
+def modulate(x: jnp.ndarray, shift: jnp.ndarray, scale: jnp.ndarray) -> jnp.ndarray:
+    """AdaLN modulation ``x * (1 + scale) + shift``; ``shift``/``scale`` ``[batch, width]`` broadcast over tokens."""
+    expand = (slice(None),) + (None,) * (x.ndim - 2) + (slice(None),)
+    return x * (1 + scale[expand]) + shift[expand]
+
+
+class Linear(nn.Module):
+    """Linear map contracting the trailing ``len(axis)`` input dims into ``features`` (a tuple for several).
+
+    The kernel is created at its full ``[*in_dims, *features]`` shape with logical names ``axes``, so it is
+    sharded at creation (``nn.DenseGeneral`` creates a flat kernel, which breaks multi-dim annotations).
+    """
+
+    features: tuple[int, ...]
+    axes: tuple[str | None, ...]
+    config: DiTConfig
+    num_in_dims: int = 1
+    zero_init: bool = False
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        in_shape = x.shape[x.ndim - self.num_in_dims:]
+        init = nn.initializers.zeros_init() if self.zero_init else nn.initializers.variance_scaling(
+            1.0, "fan_avg", "uniform", in_axis=tuple(range(self.num_in_dims)),
+            out_axis=tuple(range(self.num_in_dims, self.num_in_dims + len(self.features))))
+        kernel = self.param("kernel", nn.with_logical_partitioning(init, self.axes),
+                            tuple(in_shape) + tuple(self.features), self.config.weight_dtype)
+        dtype = self.config.compute_dtype
+        contract = (tuple(range(x.ndim - self.num_in_dims, x.ndim)), tuple(range(self.num_in_dims)))
+        y = jax.lax.dot_general(x.astype(dtype), kernel.astype(dtype), (contract, ((), ())))
+        if self.use_bias:
+            bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                   self.axes[self.num_in_dims:]),
+                              tuple(self.features), self.config.weight_dtype)
+            y = y + bias.astype(dtype)
+        return y
+
+
+def dense(features, *, axes, config: DiTConfig, name: str, zero_init: bool = False, axis=-1):
+    """A ``Linear`` over the trailing input dims ``axis`` (an int or tuple of negative ints)."""
+    features = features if isinstance(features, tuple) else (features,)
+    num_in = len(axis) if isinstance(axis, tuple) else 1
+    return Linear(features, tuple(axes), config, num_in_dims=num_in, zero_init=zero_init, name=name)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last axis with a learnable scale (used per head for QK-norm)."""
+
+    eps: float = 1e-6
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("head_dim",)),
+                           (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
+        return (x32 * scale).astype(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention with optional QK RMSNorm and RoPE.
+
+    Queries come from ``x`` ``[batch, q_len, width]``; keys and values from ``context`` (self-attention when None).
+    """
+
+    config: DiTConfig
+    use_rope: bool = True
+    zero_init_out: bool = False
+
+    @nn.compact
+    def __call__(self, x, *, context=None, mask=None, q_angles=None, k_angles=None):
+        cfg = self.config
+        context = x if context is None else context
+        heads = (cfg.num_heads, cfg.head_dim)
+        q = dense(heads, axes=("embed", "heads", "head_dim"), config=cfg, name="query")(x)
+        k = dense(heads, axes=("embed", "heads", "head_dim"), config=cfg, name="key")(context)
+        v = dense(heads, axes=("embed", "heads", "head_dim"), config=cfg, name="value")(context)
+        if cfg.qk_norm:
+            q = RMSNorm(param_dtype=cfg.weight_dtype, name="query_norm")(q)
+            k = RMSNorm(param_dtype=cfg.weight_dtype, name="key_norm")(k)
+        if self.use_rope and q_angles is not None:
+            q = apply_rotary(q, q_angles)
+            k = apply_rotary(k, q_angles if k_angles is None else k_angles)
+        if mask is not None:
+            mask = mask[:, None, None, :]  # [batch, 1, 1, k_len]
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0 / math.sqrt(cfg.head_dim))
+        return dense(cfg.width, axes=("heads", "head_dim", "embed"), config=cfg, axis=(-2, -1),
+                     name="out", zero_init=self.zero_init_out)(out)
+
+
+class FeedForward(nn.Module):
+    """Two-layer GELU MLP with hidden size ``mlp_ratio * width``."""
+
+    config: DiTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        hidden = int(cfg.mlp_ratio * cfg.width)
+        h = dense(hidden, axes=("embed", "mlp"), config=cfg, name="wi")(x)
+        h = shard_logical(nn.gelu(h), ("activation_batch",) + (None,) * (h.ndim - 2) + ("activation_mlp",))
+        return dense(cfg.width, axes=("mlp", "embed"), config=cfg, name="wo")(h)
+
+
+def timestep_sinusoid(t: jnp.ndarray, dim: int = 256, max_period: float = 1e4) -> jnp.ndarray:
+    """``[batch, dim]`` sinusoidal embedding (``[cos, sin]`` order) of ``t`` scaled by 1000."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = (t.astype(jnp.float32) * 1000.0)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)

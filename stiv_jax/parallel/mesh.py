@@ -1,0 +1,132 @@
+"""Device mesh construction and logical-axis sharding.
+
+Mesh axes follow MaxText: ``('data', 'fsdp', 'context', 'tensor')``, ordered from the least to the most
+communication-intensive. Model code never names mesh axes: parameters and activations carry *logical* names
+(``embed``, ``mlp``, ``activation_batch`` ...) and the rules in ``config.mesh.logical_rules`` map them to mesh axes.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "context", "tensor")
+
+# Default logical -> mesh rules: batch over data+fsdp, weights FSDP-sharded on their embed dimension,
+# heads and MLP hidden over tensor, video tokens over context. A name with no rule is replicated.
+DEFAULT_LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", "context"),
+    ("activation_frames", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_text_length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("norm", None),
+)
+
+
+def resolve_axis_sizes(sizes: dict[str, int], num_devices: int, *, what: str) -> tuple[int, ...]:
+    """Fills the single ``-1`` entry of ``sizes`` so that the product equals ``num_devices``.
+
+    Args:
+      sizes: mesh axis name -> size; at most one may be -1.
+      num_devices: devices to cover.
+      what: name of the config field, used in errors.
+
+    Returns:
+      Sizes in ``MESH_AXES`` order.
+    """
+    unknown = set(sizes) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"{what}: unknown mesh axes {sorted(unknown)}; valid axes are {MESH_AXES}")
+    values = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
+    auto = [i for i, v in enumerate(values) if v == -1]
+    if len(auto) > 1:
+        raise ValueError(f"{what}: only one axis may be -1, got {dict(zip(MESH_AXES, values))}")
+    known = math.prod(v for v in values if v != -1)
+    if auto:
+        if num_devices % known:
+            raise ValueError(f"{what}: {num_devices} devices are not divisible by the fixed axes product {known}")
+        values[auto[0]] = num_devices // known
+    if math.prod(values) != num_devices:
+        raise ValueError(
+            f"{what}: mesh {dict(zip(MESH_AXES, values))} covers {math.prod(values)} devices, "
+            f"but {num_devices} are present; set one axis to -1 to fill automatically")
+    return tuple(values)
+
+
+def build_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds the device mesh from ``config.mesh`` (``ici`` sizes, optional ``dcn`` sizes for multi-slice).
+
+    Axes are ``Auto`` (GSPMD-style propagation from our annotations); jax 0.10 defaults to Explicit axes,
+    which annotated models do not support (see ENV_NOTES).
+    """
+    devices = list(devices if devices is not None else jax.devices())
+    dcn = dict(mesh_config.get("dcn", {}) or {})
+    num_slices = max(1, len({getattr(d, "slice_index", 0) for d in devices}))
+    dcn_shape = resolve_axis_sizes(dcn, num_slices, what="config.mesh.dcn") if dcn or num_slices > 1 else (1,) * 4
+    ici_shape = resolve_axis_sizes(dict(mesh_config.ici), len(devices) // math.prod(dcn_shape), what="config.mesh.ici")
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    if math.prod(dcn_shape) > 1:
+        from jax.experimental import mesh_utils
+        device_array = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
+    else:
+        try:
+            from jax.experimental import mesh_utils
+            device_array = mesh_utils.create_device_mesh(ici_shape, devices)
+        except (ValueError, NotImplementedError, AssertionError):
+            device_array = np.asarray(devices).reshape(ici_shape)
+    return Mesh(device_array, MESH_AXES, axis_types=axis_types)
+
+
+def logical_rules(mesh_config) -> tuple[tuple[str, Any], ...]:
+    """The logical -> mesh axis rules of ``config.mesh.logical_rules`` (or the defaults), as tuples."""
+    rules = mesh_config.get("logical_rules", None) or DEFAULT_LOGICAL_RULES
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules):
+    """Makes ``mesh`` and the logical ``rules`` current for model construction, jit and constraints."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def logical_to_sharding(logical_spec_tree, mesh: Mesh, rules) -> Any:
+    """Maps a pytree of logical ``PartitionSpec``s to ``NamedSharding``s on ``mesh``."""
+    return nn.logical_to_mesh_sharding(logical_spec_tree, mesh, rules)
+
+
+def shard_logical(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Constrains activation ``x`` to the sharding its logical axis ``names`` map to (no-op without a mesh)."""
+    return nn.with_logical_constraint(x, PartitionSpec(*names))
+
+
+def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
+    """Sharding for a host batch array of rank ``ndim``: leading axis over the batch axes, rest replicated."""
+    spec = nn.logical_to_mesh_axes(("activation_batch",) + (None,) * (ndim - 1), rules)
+    return NamedSharding(mesh, spec)
+
+
+def host_to_global_batch(batch: dict[str, np.ndarray], mesh: Mesh, rules) -> dict[str, jax.Array]:
+    """Turns this host's slice of the batch (numpy) into global ``jax.Array``s sharded over the batch axes."""
+    def to_global(x):
+        x = np.asarray(x)
+        sharding = batch_sharding(mesh, rules, x.ndim)
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+    return jax.tree.map(to_global, batch)

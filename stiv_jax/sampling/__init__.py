@@ -1,0 +1,1 @@
+"""Sampling videos from a trained model."""

