@@ -153,6 +153,8 @@ def load_params(
                 unexpected.append(f"{key} {tuple(value.shape)}")
             continue
         array = converted[1]
+        if array.ndim == 4 and array.shape[:2] == (1, 1) and tuple(array.shape[2:]) == shapes[target]:
+            array = array[0, 0]  # a 1x1 conv stored where we use a Linear (old diffusers attention)
         if tuple(array.shape) != shapes[target]:
             mismatched.append(f"{key}: file {tuple(value.shape)} vs model {shapes[target]} ({'/'.join(target)})")
             continue
