@@ -60,3 +60,15 @@ def test_vae_space_chunked_video_roundtrip_matches_per_image_reference(tmp_path)
     np.testing.assert_allclose(np.asarray(decoded), want_video, atol=1e-4, rtol=0)
     sampled = space.encode(None, video, rng=jax.random.key(0))
     assert sampled.shape == latents.shape and not np.allclose(sampled, latents)
+
+
+def test_build_latent_space_picks_the_vae_and_checks_the_factor(tmp_path):
+    import ml_collections
+    from stiv_jax.encoders.latent import build_latent_space
+    _save_reference(tmp_path, 4)
+    config = ml_collections.ConfigDict(dict(kind="vae", path=str(tmp_path), factor=8, frame_chunk=4))
+    space = build_latent_space(config)
+    assert isinstance(space, vae_space.VAESpace) and space.channels == 4 and space.frame_chunk == 4
+    config.factor = 4
+    with pytest.raises(ValueError, match="set config.latent.factor=8"):
+        build_latent_space(config)
