@@ -225,6 +225,6 @@ def load_autoencoder_kl(path: str) -> tuple[AutoencoderKL, dict]:
         for old, new in (("query", "to_q"), ("key", "to_k"), ("value", "to_v"), ("proj_attn", "to_out.0")):
             for leaf in ("weight", "bias"):
                 aliases[f"{prefix}{old}.{leaf}"] = f"{prefix}{new}.{leaf}"
-    params = safetensors_loader.load_params(path, abstract["params"], default_name="diffusion_pytorch_model.safetensors",
-                                            aliases=aliases)
+    params = safetensors_loader.load_params(path, abstract["params"], aliases=aliases,
+                                            default_name="diffusion_pytorch_model.safetensors")
     return model, params
