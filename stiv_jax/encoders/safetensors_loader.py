@@ -126,8 +126,27 @@ def load_params(
     Raises:
       CheckpointMismatchError: naming every missing, unexpected and shape-mismatched tensor.
     """
-    files = safetensors_files(path, default_name=default_name)
-    state = read_state_dict(files)
+    state = read_state_dict(safetensors_files(path, default_name=default_name))
+    return convert_state_dict(state, abstract_params, source=path, key_prefix=key_prefix, aliases=aliases,
+                              ignore_unexpected=ignore_unexpected, dtype=dtype)
+
+
+def convert_state_dict(
+    state: Mapping[str, np.ndarray],
+    abstract_params: Any,
+    *,
+    source: str = "state dict",
+    key_prefix: str = "",
+    aliases: Mapping[str, str] | None = None,
+    ignore_unexpected: Iterable[str] = (),
+    dtype=np.float32,
+) -> dict:
+    """`load_params` on an in-memory flat reference state dict (`source` names it in errors).
+
+    Arrays may be zero-stride views (e.g. `np.broadcast_to`): with `dtype=None` they are checked and mapped
+    without being copied, which checks the layout of a huge model without its memory.
+    """
+    state = dict(state)
     if key_prefix:
         state = {k[len(key_prefix):] if k.startswith(key_prefix) else k: v for k, v in state.items()}
     for alias, canonical in (aliases or {}).items():
@@ -158,11 +177,11 @@ def load_params(
         if tuple(array.shape) != shapes[target]:
             mismatched.append(f"{key}: file {tuple(value.shape)} vs model {shapes[target]} ({'/'.join(target)})")
             continue
-        loaded[target] = np.ascontiguousarray(array).astype(dtype)
+        loaded[target] = array if dtype is None else np.ascontiguousarray(array).astype(dtype)
     missing = [f"{path_to_reference(p)} ({'/'.join(p)}) {shapes[p]}" for p in sorted(shapes) if p not in loaded
                and not any(m.endswith(f"({'/'.join(p)})") for m in mismatched)]
     if missing or unexpected or mismatched:
-        lines = [f"Checkpoint {path!r} does not match the model built from the config "
+        lines = [f"Checkpoint {source!r} does not match the model built from the config "
                  f"(check the config's architecture fields or the file)."]
         for title, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
             if items:
