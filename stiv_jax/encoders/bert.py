@@ -37,6 +37,9 @@ class BertConfig:
     def from_json(cls, path: str) -> "BertConfig":
         with open(path) as f:
             raw = json.load(f)
+        if raw.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"{path}: position_embedding_type={raw['position_embedding_type']!r} is not supported "
+                             "(only 'absolute').")
         return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
 
 

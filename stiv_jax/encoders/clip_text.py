@@ -45,7 +45,7 @@ class CLIPTextConfig:
         raw = raw.get("text_config", raw)  # a full CLIPModel config nests the text tower
         fields = {f.name for f in dataclasses.fields(cls)} - {"projection_dim"}
         kwargs = {k: raw[k] for k in fields if k in raw}
-        if "CLIPTextModelWithProjection" in raw.get("architectures", []) or []:
+        if "CLIPTextModelWithProjection" in (raw.get("architectures") or []):
             kwargs["projection_dim"] = raw["projection_dim"]
         return cls(**kwargs)
 
