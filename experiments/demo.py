@@ -40,14 +40,22 @@ def get_config():
     config.text.max_length = 96           # tokens per caption (bytes)
 
     config.data = ml_collections.ConfigDict()
-    config.data.shards = "runs/demo_data"  # directory or glob of ArrayRecord clip shards
-    config.data.batch_size = 8            # global batch (divisible by the batch mesh axes)
+    config.data.shards = "runs/demo_data"  # directory or glob of ArrayRecord clip shards, or "tfds:NAME@DATA_DIR"
+    config.data.kind = "video"            # video: decode clips; latent: precomputed VAE latents + text embeddings
+    config.data.batch_size = 8            # global batch (divisible by the batch mesh axes and by the hosts)
     config.data.frames = 8                # frames per training clip
     config.data.frame_stride = 2          # keep 1 of every 2 source frames (paper: 3)
     config.data.resolution = 64           # square crop side in pixels
     config.data.random_crop = True        # random temporal and spatial crop (else center)
-    config.data.num_threads = 2           # grain decode threads
-    config.data.prefetch = 4              # batches prefetched
+    config.data.buckets = ()              # ((frames, height, width, global_batch[, weight]), ...); () = one bucket
+    config.data.image_shards = ""         # image records for T2I / joint image-video training ("" = none)
+    config.data.image_weight = 0.0        # fraction of batches drawn from images
+    config.data.image_batch_size = 0      # global image batch (0: batch_size)
+    config.data.image_buckets = ()        # ((1, height, width, global_batch[, weight]), ...); () = one square
+    config.data.num_workers = 0           # grain worker processes (0: decode in threads of this process)
+    config.data.num_threads = 2           # grain read/decode threads (per worker)
+    config.data.prefetch = 4              # elements prefetched per thread / batches per worker
+    config.data.on_host_count_change = "refuse"  # or "restart": fresh data order when resuming on other hosts
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.timestep_distribution = "logit_normal"  # or uniform
