@@ -142,20 +142,29 @@ class ImageDecoder:
 
 
 class LatentDecoder:
-    """Reads a tagged latent record: precomputed ``latents`` (+ text embeddings when stored), no pixels."""
+    """Reads a tagged latent record: precomputed ``latents`` (+ text embeddings when stored), no pixels.
 
-    def __init__(self, buckets: Sequence[Bucket]):
+    ``expected_shapes[bucket_index]`` = tensor name -> shape every record of that bucket must have (the most
+    common shapes found at start-up); a record with other shapes is skipped and counted.
+    """
+
+    def __init__(self, buckets: Sequence[Bucket], expected_shapes: dict[int, dict] | None = None):
         self.buckets = list(buckets)
+        self.expected_shapes = expected_shapes or {}
 
     def __call__(self, item, rng: np.random.Generator) -> dict:
         del rng
-        _, record_id, data = item
+        bucket_index, record_id, data = item
         name = f"record {record_id}"
         try:
             record = schema.decode_latent_record(data)
             meta = record["meta"]
             name = f"record {record_id} ({meta['source']} @ {float(meta['start_sec']):.2f}s)"
             tensors = record["tensors"]
+            shapes = {k: v.shape for k, v in tensors.items()}
+            expected = self.expected_shapes.get(bucket_index)
+            if expected is not None and shapes != expected:
+                raise schema.RecordError(f"tensor shapes {shapes} differ from the bucket's {expected}")
             micro = np.array([meta.get("source_height", meta["height"]), meta.get("source_width", meta["width"]),
                               meta.get("crop_top", 0), meta.get("crop_left", 0), meta["frame_stride"],
                               meta["num_frames"]], np.float32)

@@ -22,6 +22,7 @@ num_workers, on_host_count_change (refuse|restart).
 """
 from __future__ import annotations
 
+import collections
 import glob
 import hashlib
 import json
@@ -121,14 +122,20 @@ def _unreadable_to_skip(decode):
     return run
 
 
-def check_buckets_have_data(source, tagger: decoders.ParseAndTag, buckets: list[Bucket], *, what: str) -> dict:
-    """Scans up to ``SCAN_RECORDS`` records; raises if a bucket has none and the scan saw every record."""
+def scan_buckets(source, tagger: decoders.ParseAndTag, buckets: list[Bucket], *, what: str
+                 ) -> tuple[dict, dict[int, dict]]:
+    """Scans up to ``SCAN_RECORDS`` records: records per bucket, and (latent sources) each bucket's most common
+    tensor shapes. Raises if a bucket has no record and the scan saw every record."""
     n = len(source)
     ids = range(n) if n <= SCAN_RECORDS else np.linspace(0, n - 1, SCAN_RECORDS).astype(int)
     counts = np.zeros(len(buckets) + 1, int)
+    shape_votes: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
     for i in ids:
-        tag = tagger((int(i), source[int(i)]))[0]
+        data = source[int(i)]
+        tag = tagger((int(i), data))[0]
         counts[len(buckets) if tag is None or tag == -1 else tag] += 1
+        if tagger.kind == "latent" and tag is not None and tag >= 0:
+            shape_votes[tag][tuple(sorted(schema.latent_shapes(data).items()))] += 1
     table = {b.name: int(c) for b, c in zip(buckets, counts)}
     empty = [name for name, c in table.items() if c == 0]
     if empty and n <= SCAN_RECORDS:
@@ -136,7 +143,8 @@ def check_buckets_have_data(source, tagger: decoders.ParseAndTag, buckets: list[
                          f"{int(counts[-1])} fit none or are unreadable); change the buckets or the shards")
     if empty:
         logging.warning("%s: no record among %d scanned fits buckets %s", what, len(ids), empty)
-    return table
+    shapes = {b: dict(votes.most_common(1)[0][0]) for b, votes in shape_votes.items()}
+    return table, shapes
 
 
 def bucket_streams(source, *, kind: str, buckets: list[Bucket], decode, stride: int, seed: int,
@@ -144,9 +152,12 @@ def bucket_streams(source, *, kind: str, buckets: list[Bucket], decode, stride: 
                    ) -> dict[str, tuple[grain.IterDataset, float]]:
     """``{stream name: (batched IterDataset, weight)}`` for every bucket of one source."""
     tagger = decoders.ParseAndTag(kind, buckets, stride)
-    table = check_buckets_have_data(source, tagger, buckets, what=name)
+    table, shapes = scan_buckets(source, tagger, buckets, what=name)
+    if kind == "latent":
+        decode = decoders.LatentDecoder(buckets, shapes)
     logging.info("data %s: records per bucket (scan) %s", name, table)
-    base = grain.MapDataset.source(source).map_with_index(lambda i, data: (i, data))
+    n = len(source)
+    base = grain.MapDataset.source(source).map_with_index(lambda i, data: (i % n, data))
     base = base.shuffle(seed=seed % 2**32).repeat()[process_index::process_count].map(tagger)
     streams = {}
     for index, bucket in enumerate(buckets):
@@ -170,7 +181,7 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
                                  stride=stride, name="video", **common)
     elif kind == "latent":
         streams = bucket_streams(open_source(data_config.shards), kind="latent", buckets=video_buckets,
-                                 decode=decoders.LatentDecoder(video_buckets), stride=stride, name="latent", **common)
+                                 decode=None, stride=stride, name="latent", **common)
     else:
         raise ValueError(f"config.data.kind={kind!r}; valid: video, latent")
     image_weight = float(data_config.get("image_weight", 0.0) or 0.0)

@@ -182,6 +182,12 @@ def decode_latent_record(data: bytes) -> dict:
     return record
 
 
+def latent_shapes(data: bytes) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a latent record, without decoding the tensors."""
+    record = _unpack(data)
+    return {k: tuple(int(s) for s in v["shape"]) for k, v in record.get("tensors", {}).items()}
+
+
 def record_kind(data: bytes) -> tuple[str, dict]:
     """``(kind, meta)`` of any record without decoding its payload."""
     record = _unpack(data)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import app, flags
+from etils import epath
 from array_record.python import array_record_data_source
 
 from stiv_jax.data import schema
@@ -29,6 +30,8 @@ INT_FIELDS = ("start_frame", "scene_index", "num_frames", "width", "height")
 class StivClips(tfds.core.GeneratorBasedBuilder):
     """Clip records of ``build_shards`` as a TFDS dataset; pass ``shards=`` (dir or glob) to prepare it."""
 
+    # tfds locates a builder's files through importlib_resources (not a dependency); the plain path is the same.
+    code_path = epath.Path(__file__)
     VERSION = tfds.core.Version(f"{schema.CLIP_VERSION}.0.0")
     RELEASE_NOTES = {f"{schema.CLIP_VERSION}.0.0": f"clip records, schema version {schema.CLIP_VERSION}"}
 
