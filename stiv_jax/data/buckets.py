@@ -3,8 +3,9 @@
 ``config.data.buckets`` is a tuple of ``(frames, height, width, batch_size[, weight])`` (global batch sizes);
 empty means one bucket ``(data.frames, data.resolution, data.resolution, data.batch_size)``. A clip goes to the
 bucket whose aspect ratio is closest to its own among those it has enough frames for (larger buckets win ties);
-images (``frames == 1``) go to ``config.data.image_buckets`` the same way. Every step draws one bucket (the
-same on every host) with probability proportional to its weight, so each compiled shape sees a fixed batch.
+images (``frames == 1``) go to ``config.data.image_buckets`` the same way. The pipeline gives each bucket its
+own batch stream and interleaves the streams in proportion to their weights with grain's deterministic mix, so
+every host emits the same bucket at the same step and each compiled shape always sees the same batch size.
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from typing import Callable
 
 import grain
 import numpy as np
-from absl import logging
+from absl import flags, logging
 
 from stiv_jax.data import buckets as buckets_lib
 from stiv_jax.data import decoders, schema
@@ -205,6 +205,8 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
         ds = grain.IterDataset.mix({k: v[0] for k, v in streams.items()}, {k: v[1] for k, v in streams.items()})
     workers = int(data_config.get("num_workers", 0) or 0)
     if workers > 0:
+        if not flags.FLAGS.is_parsed():   # grain workers read absl flags; library callers may not have parsed them
+            flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                          per_worker_buffer_size=int(data_config.get("prefetch", 4))))
     return ds
