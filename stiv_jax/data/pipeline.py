@@ -281,6 +281,7 @@ class DataIterator(grain.DatasetIterator):
             new_seed = (self.seed * 1_000_003 + int(state.get("batches", 0)) + self.reseeds) % 2**32
             logging.warning("%s: starting a fresh data order with seed %d (config.data.on_host_count_change="
                             "'restart')", problem, new_seed)
+            self.close()
             self._inner = iter(make_dataset(self.data_config, seed=new_seed, process_index=self.process_index,
                                             process_count=self.process_count))
             self._parents = (self._inner,)

