@@ -174,31 +174,27 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
     read = grain.ReadOptions(num_threads=int(data_config.get("num_threads", 2)),
                              prefetch_buffer_size=int(data_config.get("prefetch", 4)))
     common = dict(seed=seed, process_index=process_index, process_count=process_count, read=read)
-    video_buckets = buckets_lib.video_buckets(data_config)
-    if kind == "video":
-        decode = decoders.ClipDecoder(video_buckets, stride=stride, random_crop=bool(data_config.random_crop))
-        streams = bucket_streams(open_source(data_config.shards), kind="clip", buckets=video_buckets, decode=decode,
-                                 stride=stride, name="video", **common)
-    elif kind == "latent":
-        streams = bucket_streams(open_source(data_config.shards), kind="latent", buckets=video_buckets,
-                                 decode=None, stride=stride, name="latent", **common)
-    else:
-        raise ValueError(f"config.data.kind={kind!r}; valid: video, latent")
     image_weight = float(data_config.get("image_weight", 0.0) or 0.0)
-    if data_config.get("image_shards", ""):
-        if not 0.0 <= image_weight <= 1.0:
-            raise ValueError(f"config.data.image_weight={image_weight} must be in [0, 1]")
+    if not 0.0 <= image_weight <= 1.0:
+        raise ValueError(f"config.data.image_weight={image_weight} must be in [0, 1]")
+    if image_weight > 0 and not data_config.get("image_shards", ""):
+        raise ValueError("config.data.image_weight > 0 needs config.data.image_shards")
+    if kind not in ("video", "latent"):
+        raise ValueError(f"config.data.kind={kind!r}; valid: video, latent")
+    streams = {}
+    if image_weight < 1.0:   # image_weight == 1: text-to-image only, config.data.shards is not read
+        video_buckets = buckets_lib.video_buckets(data_config)
+        decode = (decoders.ClipDecoder(video_buckets, stride=stride, random_crop=bool(data_config.random_crop))
+                  if kind == "video" else None)
+        streams = bucket_streams(open_source(data_config.shards), kind="clip" if kind == "video" else "latent",
+                                 buckets=video_buckets, decode=decode, stride=stride, name=kind, **common)
+    if image_weight > 0:
         image_buckets = buckets_lib.image_buckets(data_config)
         decode = decoders.ImageDecoder(image_buckets, random_crop=bool(data_config.random_crop))
         images = bucket_streams(open_source(data_config.image_shards, key="config.data.image_shards"),
                                 kind="image", buckets=image_buckets, decode=decode, stride=1, name="image",
                                 seed=seed + 1, **{k: v for k, v in common.items() if k != "seed"})
-        if image_weight >= 1.0:
-            streams = images
-        elif image_weight > 0.0:
-            streams = _reweight(streams, 1.0 - image_weight) | _reweight(images, image_weight)
-    elif image_weight > 0:
-        raise ValueError("config.data.image_weight > 0 needs config.data.image_shards")
+        streams = _reweight(streams, 1.0 - image_weight) | _reweight(images, image_weight) if streams else images
     if len(streams) == 1:
         ds = next(iter(streams.values()))[0]
     else:

@@ -195,6 +195,10 @@ def test_images_mix_with_videos_by_weight(demo_shards, tmp_path):
     assert shapes.count((6, 1, 32, 32, 3)) == 4 and shapes.count((4, 4, 32, 32, 3)) == 4, shapes
     image_batch = next(b for b in batches if b["video"].shape[1] == 1)
     assert image_batch["video"].std() > 5 and np.all(image_batch["micro_conditions"][:, 5] == 1)
+    t2i = small_data_config(str(tmp_path / "no_videos_here"), image_shards=str(tmp_path / "images"),
+                            image_weight=1.0, image_batch_size=2)
+    assert {b["video"].shape for b in take(pipeline.make_iterator(t2i, seed=0, tokenize=tokenize), 3)} == {
+        (2, 1, 32, 32, 3)}
 
 
 def test_latent_path_reads_precomputed_latents_and_text_embeddings(tmp_path):
