@@ -195,7 +195,10 @@ def main():
     write_section("\n".join(["## data", "", f"Command: `{command}`", "", header + ".", "", *table, "",
                              "Per core = clips/s divided by the loader processes (each single-threaded). The "
                              "reference decodes from the clip's first frame and resizes with torch; ours seeks "
-                             "to the temporal crop, stops after the last needed frame and resizes in FFmpeg."]),
+                             "to the temporal crop, stops after the last needed frame and resizes in FFmpeg.",
+                             *([f"The machine was shared (load average {load:.0f} on {os.cpu_count()} cores): "
+                                "absolute rates understate an idle core; both loaders ran under the same load "
+                                "in one run, so their ratio holds."] if load > (os.cpu_count() or 1) else [])]),
                   args.out)
 
 
