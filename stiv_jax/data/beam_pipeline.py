@@ -1,10 +1,12 @@
 r"""The shard builder as an Apache Beam pipeline: the same clips, records and shards as ``build_shards``.
 
   python -m stiv_jax.data.beam_pipeline --videos='DIR_OR_GLOB' --captions=FILE.jsonl --out=DIR \
-      [--num_shards=4 --max_clip_frames=16 ...] -- --runner=DirectRunner --direct_num_workers=2 \
-      --direct_running_mode=multi_processing
+      [--num_shards=4 --max_clip_frames=16 ...] [-- --runner=FnApiRunner --direct_num_workers=2 \
+      --direct_running_mode=multi_processing]
 
-Everything after ``--`` is passed to Beam as pipeline options, so the same command runs on Dataflow, Flink or
+Everything after ``--`` is passed to Beam as pipeline options (default ``--runner=FnApiRunner``: the local engine
+of Beam's DirectRunner; ``--runner=DirectRunner`` works too but Beam 2.77 first tries to download its Prism runner
+from GitHub and falls back to the same engine offline), so the same command runs on Dataflow, Flink or
 Spark for millions of videos (``--runner=DataflowRunner --project=... --region=... --temp_location=gs://...``;
 workers need this package installed, e.g. ``--setup_file=./setup.py``). ArrayRecord writes local paths, so
 ``--out`` must be a filesystem every worker sees (a shared mount such as gcsfuse on Dataflow).
@@ -28,6 +30,7 @@ from stiv_jax.data import build_shards as local
 from stiv_jax.data import clips as clips_lib
 
 NAMESPACE = "stiv_jax.data"
+DEFAULT_BEAM_ARGS = ["--runner=FnApiRunner"]  # the DirectRunner's local engine, with no download attempt
 
 
 class CutVideo(beam.DoFn):
@@ -101,7 +104,7 @@ def run(*, videos: str, captions: str, out: str, spec: clips_lib.ClipSpec = clip
         num_shards: int = 4, beam_args: list[str] | None = None) -> dict:
     """Builds and runs the pipeline; returns the summary read back from ``out/summary.json``."""
     import json
-    options = PipelineOptions(beam_args or ["--runner=DirectRunner"])
+    options = PipelineOptions(beam_args or DEFAULT_BEAM_ARGS)
     with beam.Pipeline(options=options) as root:
         build_pipeline(root, videos=videos, captions=captions, out=out, spec=spec, num_shards=num_shards)
     with open(os.path.join(out, "summary.json")) as f:
@@ -109,7 +112,7 @@ def run(*, videos: str, captions: str, out: str, spec: clips_lib.ClipSpec = clip
 
 
 def main(argv):
-    beam_args = argv[1:] or ["--runner=DirectRunner"]
+    beam_args = argv[1:] or DEFAULT_BEAM_ARGS
     run(videos=FLAGS.videos, captions=FLAGS.captions, out=FLAGS.out, spec=local.spec_from_flags(FLAGS),
         num_shards=FLAGS.num_shards, beam_args=beam_args)
 

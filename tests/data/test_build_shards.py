@@ -141,7 +141,9 @@ def test_beam_direct_runner_writes_the_same_shards(inputs, local_build, tmp_path
     from stiv_jax.data import beam_pipeline
     out, summary = local_build
     beam_out = str(tmp_path / "beam")
-    beam_summary = beam_pipeline.run(videos=inputs[0], captions=inputs[1], out=beam_out, spec=SPEC, num_shards=3)
+    # FnApiRunner: the engine of Beam's DirectRunner, named directly so Beam does not try to download Prism.
+    beam_summary = beam_pipeline.run(videos=inputs[0], captions=inputs[1], out=beam_out, spec=SPEC, num_shards=3,
+                                     beam_args=["--runner=FnApiRunner"])
     for key in ("clips", "clips_per_shard", "skipped", "skipped_by_reason", "skipped_inputs", "videos"):
         assert beam_summary[key] == summary[key], key
     names = sorted(n for n in os.listdir(out) if n.endswith(".array_record"))
