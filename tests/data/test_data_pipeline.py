@@ -260,3 +260,29 @@ def test_real_clips_through_the_whole_path_to_global_arrays(demo_shards):
     assert batch["video"].sharding.shard_shape(batch["video"].shape)[0] == 1
     np.testing.assert_array_equal(np.asarray(batch["video"]), host["video"])
     assert jax.device_count() == 8
+
+
+def test_sentencepiece_token_ids_for_the_batch_captions(demo_shards):
+    import io as io_lib
+
+    import sentencepiece as spm
+    source = records_of(demo_shards)
+    captions = sorted({schema.decode_record(source[i])["caption"] for i in range(len(source))})
+    model = io_lib.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(captions * 20), model_writer=model, vocab_size=60,
+                                   model_type="bpe", pad_id=0, unk_id=1, bos_id=-1, eos_id=2)
+    processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+    def sp_tokenize(texts, length=24):
+        ids = np.zeros((len(texts), length), np.int32)
+        for row, pieces in enumerate(processor.encode(list(texts))):
+            pieces = pieces[:length]
+            ids[row, :len(pieces)] = pieces
+        return ids, ids > 0
+
+    batch = next(pipeline.make_iterator(small_data_config(demo_shards), seed=0, tokenize=sp_tokenize))
+    for row, record_id in enumerate(batch["record_id"]):
+        caption = schema.decode_record(source[int(record_id)])["caption"]
+        kept = batch["text_ids"][row][batch["text_mask"][row]]
+        assert processor.decode(kept.tolist()) == caption[: len(processor.decode(kept.tolist()))]
+        assert kept.size > 0
