@@ -206,3 +206,34 @@ def initialize(*, expected_processes: int | None = None, timeout_s: float | None
         check_process_count(env.expected_processes)
         _initialized_env = env
         return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Pod smoke test: join the job, run one cross-host collective, print what this process sees.
+
+      python -m stiv_jax.launch.local --num_processes=2 --module=stiv_jax.launch.distributed
+      launch/tpu_vm.sh ... then on all workers: python3 -m stiv_jax.launch.distributed
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m stiv_jax.launch.distributed", description=main.__doc__)
+    parser.add_argument("--expected_processes", type=int, default=None,
+                        help=f"processes the job must have (default {ENV_EXPECTED})")
+    args = parser.parse_args(argv)
+    try:
+        env = initialize(expected_processes=args.expected_processes)
+    except MultiHostLaunchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    gathered = multihost_utils.process_allgather(np.asarray([jax.process_index()], np.int32))
+    print(f"launch={env.kind} process {jax.process_index()} of {jax.process_count()}: "
+          f"{jax.local_device_count()} local / {jax.device_count()} global {jax.default_backend()} devices; "
+          f"all-gather of process ids = {np.asarray(gathered).ravel().tolist()}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
 r"""The one versioned home of the libtpu / XLA flags we launch with, per accelerator generation.
 
-Every launch recipe reads its flags from here (the shell scripts run `python3 -m stiv_jax.launch.xla_flags`), so a flag is
-changed in one place and the change is reviewed with a version bump. Docs never paste these strings.
+Every launch recipe reads its flags from here (the shell scripts run `python3 -m stiv_jax.launch.xla_flags`), so
+a flag is changed in one place and the change is reviewed with a version bump. Docs never paste these strings.
 
   python -m stiv_jax.launch.xla_flags --accelerator=v5p-256                 # LIBTPU_INIT_ARGS value
   python -m stiv_jax.launch.xla_flags --accelerator=v5litepod-256 --num_slices=2
