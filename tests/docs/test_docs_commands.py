@@ -117,7 +117,8 @@ def test_every_docs_shell_block_is_marked_runnable_or_not():
 
 def test_the_guide_has_cpu_runnable_commands_for_every_page():
     pages = {b.page for b in CPU_BLOCKS}
-    missing = [p for p in page_order() if p.startswith("docs/") and p != "docs/README.md" and p not in pages]
+    index_pages = ("docs/README.md", "docs/README_draft.md")  # the guide's index; the proposed top-level README
+    missing = [p for p in page_order() if p.startswith("docs/") and p not in index_pages and p not in pages]
     assert not missing, f"docs pages without a single CPU-tested command: {missing}"
 
 
