@@ -50,3 +50,29 @@ def test_impossible_sizes_are_rejected():
         topology.hosts_per_slice("v5p-100")
     with pytest.raises(ValueError, match="num_slices must be >= 1"):
         topology.num_processes("v5p-8", 0)
+
+
+LIBTPU_CHECK = """
+import sys
+from jax.experimental import topologies
+topo = topologies.get_topology_desc(platform="tpu", topology_name=sys.argv[1], chip_config_name="default",
+                                    chips_per_host_bounds=(2, 2, 1), num_slices=1, wrap=(True, True, True))
+print("devices", len(topo.devices), topo.devices[0].device_kind)
+"""
+
+
+@pytest.mark.parametrize("accelerator,topology_name", [
+    ("v4-32", "v4:2x2x1"), ("v5litepod-256", "v5e:2x2"), ("v5p-256", "v5p:2x2x1"), ("v6e-256", "v6e:2x2")])
+def test_the_pinned_libtpu_accepts_every_flag(accelerator, topology_name):
+    """libtpu parses LIBTPU_INIT_ARGS when it starts and rejects unknown flags ("Unknown command line flag")."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("libtpu", reason="libtpu comes with the `tpu` extra (jax[tpu]); pip install -e .[tpu]")
+    flags = xla_flags.libtpu_init_args(accelerator, num_slices=2)  # the multi-slice set contains the single one
+    env = dict(os.environ, LIBTPU_INIT_ARGS=flags, JAX_PLATFORMS="cpu", TPU_SKIP_MDS_QUERY="1",
+               TPU_WORKER_HOSTNAMES="localhost")
+    result = subprocess.run([sys.executable, "-c", LIBTPU_CHECK, topology_name], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert "Unknown command line flag" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 0 and result.stdout.startswith("devices "), result.stderr[-2000:]
