@@ -81,11 +81,16 @@ default_runtime_version() {
 
 # Runs REMOTE_COMMAND on every worker of every slice (slices in parallel), or on one worker with --worker.
 ssh_all_workers() {
-  local remote_command=$1 node
+  local remote_command=$1 node pid failed=0
+  local pids=()
   while read -r node; do
     run_bg gcloud compute tpus tpu-vm ssh "$node" --worker=all "${LOCATION[@]}" "--command=${remote_command}"
+    [[ $DRY_RUN == 1 ]] || pids+=("$!")
   done < <(node_names)
-  [[ $DRY_RUN == 1 ]] || wait
+  for pid in "${pids[@]}"; do
+    wait "$pid" || failed=1
+  done
+  [[ $failed == 0 ]] || die "the command failed on at least one slice (see the output above)"
 }
 
 case $ACTION in

@@ -154,3 +154,23 @@ def test_bad_arguments_fail_with_a_message_naming_the_option(script, args, messa
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_real_run_executes_the_printed_commands_and_reports_a_failed_slice(tmp_path):
+    """Without --dry-run the script runs the very argv it prints; a failing slice fails the whole command."""
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "bin" / "gcloud"
+    fake.parent.mkdir()
+    fake.write_text("#!/usr/bin/env bash\n"
+                    f"printf '%s\\n' \"$(python3 -c 'import shlex, sys; print(shlex.join(sys.argv[1:]))' \"$@\")\""
+                    f" >> {log}\n"
+                    "[[ $5 != stiv-m-1 ]]\n")  # the ssh to slice 1 fails
+    fake.chmod(0o755)
+    args = ["stop", "--name=stiv-m", "--num_slices=2", *LOC]
+    env = dict(os.environ, PATH=f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(["bash", os.path.join(REPO, "launch", "tpu_vm.sh"), *args], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "the command failed on at least one slice" in result.stderr
+    called = sorted(shlex.split(line) for line in log.read_text().splitlines())
+    assert called == sorted(argv[1:] for argv in dry_run("tpu_vm.sh", *args))
