@@ -86,11 +86,13 @@ def flow_matching_loss(velocity: jnp.ndarray, x1: jnp.ndarray, noise: jnp.ndarra
 
     Args:
       velocity, x1, noise: ``[batch, frames, height, width, channels]``.
-      loss_mask: ``[batch, frames]`` (0 for conditioning frames) or None for all frames. The mean is taken over
-        the remaining elements of the whole batch, so a sample with more conditioning frames weighs less.
+      loss_mask: ``[batch, frames]`` (0 for conditioning frames), or ``[batch, frames, height, width]`` (also
+        masking positions, e.g. MaskDiT's dropped tokens), or None for all. The mean is taken over the remaining
+        elements of the whole batch, so a sample with more conditioning frames weighs less.
     """
     err = jnp.square(velocity.astype(jnp.float32) - (x1 - noise))
     if loss_mask is None:
         return err.mean()
-    weights = jnp.broadcast_to(loss_mask[:, :, None, None, None].astype(jnp.float32), err.shape)
+    loss_mask = loss_mask.reshape(loss_mask.shape + (1,) * (err.ndim - loss_mask.ndim))
+    weights = jnp.broadcast_to(loss_mask.astype(jnp.float32), err.shape)
     return (err * weights).sum() / jnp.maximum(weights.sum(), 1.0)

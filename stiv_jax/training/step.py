@@ -1,13 +1,12 @@
 """The jitted, sharded train step: flow-matching loss, optimizer update, EMA."""
 from __future__ import annotations
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import optax
 
 from stiv_jax.diffusion import flow, tasks
+from stiv_jax.model import maskdit
 from stiv_jax.training.model_bundle import ModelBundle
 from stiv_jax.training.state import TrainState
 
@@ -17,11 +16,11 @@ def pixels_to_unit(video_uint8: jax.Array) -> jax.Array:
     return video_uint8.astype(jnp.float32) / 127.5 - 1.0
 
 
-def model_velocity(bundle: ModelBundle, params, latents, timesteps, ids, mask, micro_conditions=None):
-    """``bundle.velocity``, passing ``micro_conditions`` ``[batch, 6]`` where the DiT accepts them."""
-    if micro_conditions is not None and "micro_conditions" in inspect.signature(bundle.velocity).parameters:
-        return bundle.velocity(params, latents, timesteps, ids, mask, micro_conditions=micro_conditions)
-    return bundle.velocity(params, latents, timesteps, ids, mask)
+def model_velocity(bundle: ModelBundle, params, latents, timesteps, ids, mask, micro_conditions=None,
+                   mask_rng=None):
+    """``bundle.velocity`` with micro-conditions ``[batch, 6]`` (None: the bundle's defaults) and MaskDiT key."""
+    return bundle.velocity(params, latents, timesteps, ids, mask, micro_conditions=micro_conditions,
+                           mask_rng=mask_rng)
 
 
 def make_loss_fn(config, bundle: ModelBundle):
@@ -31,9 +30,11 @@ def make_loss_fn(config, bundle: ModelBundle):
     diffusion = config.diffusion
     sampler = tasks.TaskSampler.from_config(diffusion, frames=bundle.latent_shape[0])
     shift = flow.timestep_shift(diffusion, bundle.latent_shape)
+    mask_ratio = float(config.model.get("mask_ratio", 0.0))
+    patch = bundle.dit.config.patch_size
 
     def loss_fn(params, batch, rng):
-        rng_t, rng_noise, rng_task = jax.random.split(rng, 3)
+        rng_t, rng_noise, rng_task, rng_mask = jax.random.split(rng, 4)
         x1 = bundle.latent_space.encode(None, pixels_to_unit(batch["video"]))
         b = x1.shape[0]
         micro = batch.get("micro_conditions")
@@ -47,8 +48,16 @@ def make_loss_fn(config, bundle: ModelBundle):
         noise = jax.random.normal(rng_noise, x1.shape, x1.dtype)
         # Frame replacement: given frames enter clean (or zero when the image is dropped under null_image=zero).
         x_in = cond.model_input(flow.interpolate(x1, noise, t), x1)
-        velocity = model_velocity(bundle, params, x_in, t, ids, mask, micro)
-        return flow.flow_matching_loss(velocity, x1, noise, cond.loss_mask)
+        loss_mask = cond.loss_mask
+        if mask_ratio > 0:
+            # MaskDiT: the loss is taken on the kept spatial tokens only (same positions in every frame).
+            keep = maskdit.keep_mask(rng_mask, batch=b, grid_hw=(x1.shape[2] // patch, x1.shape[3] // patch),
+                                     ratio=mask_ratio)
+            keep = jnp.repeat(jnp.repeat(keep, patch, axis=1), patch, axis=2)
+            loss_mask = loss_mask[:, :, None, None] * keep[:, None].astype(jnp.float32)
+        velocity = model_velocity(bundle, params, x_in, t, ids, mask, micro,
+                                  mask_rng=rng_mask if mask_ratio > 0 else None)
+        return flow.flow_matching_loss(velocity, x1, noise, loss_mask)
 
     return loss_fn
 

@@ -13,6 +13,7 @@ def tiny_config(**diffusion):
     config.data.shards = "unused"
     config.model.depth, config.model.width, config.model.num_heads, config.model.patch_size = 1, 32, 2, 1
     config.data.frames, config.data.resolution, config.data.frame_stride = 4, 16, 2
+    config.text.kind, config.text.path, config.text.frozen = "token_embedding", "", False  # no MiniLM: fast
     config.text.dim, config.text.max_length = 32, 16
     config.diffusion.predict_frames = 2
     config.diffusion.long_keyframe_stride = 6
