@@ -22,11 +22,16 @@ def tiny_config(**diffusion):
     return config
 
 
+def init_params(bundle, seed=0):
+    """Unboxed parameters, initialised under jit (about 2x less CPU than eager Flax init)."""
+    return jax.jit(lambda key: nn.unbox(bundle.init_boxed_params(key)))(jax.random.key(seed))
+
+
 def tiny_bundle_and_params(config, *, seed=0, perturb=0.05):
     """The bundle and its parameters, perturbed so the zero-initialised output layers give non-zero velocity."""
     from stiv_jax.training.model_bundle import build_model_bundle
     bundle = build_model_bundle(config)
-    params = nn.unbox(bundle.init_boxed_params(jax.random.key(seed)))
+    params = init_params(bundle, seed)
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
     leaves = [p + perturb * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)]
