@@ -29,7 +29,7 @@ PRESETS: dict[str, Rules] = {
              ("embed", "fsdp"), ("mlp", None), ("heads", None), ("vocab", None)) + _REPLICATED_ACTIVATIONS,
     "fsdp_tensor": (_BATCH, ("activation_length", None), ("activation_heads", "tensor"),
                     ("activation_mlp", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
-                    ("vocab", "tensor")) + _REPLICATED_ACTIVATIONS,
+                    ("vocab", None)) + _REPLICATED_ACTIVATIONS,
     # Context parallelism: the context axis also shards weights (as FSDP), else each context group would
     # hold a full replica of the parameters and optimizer state.
     "fsdp_context": (_BATCH, ("activation_length", "context"), ("activation_heads", None),
