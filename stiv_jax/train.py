@@ -2,8 +2,8 @@ r"""Trains a STIV model from an ml-collections config; re-running on the same wo
 
   python -m stiv_jax.train --config=experiments/demo.py --workdir=runs/demo [--config.total_steps=100]
 
-Multi-process: set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (or run on a TPU pod) and start
-the same command on every host. SIGTERM saves a checkpoint on every host at the same step and exits 0.
+Multi-process: start it through a launcher (``stiv_jax.launch``; TPU pods are auto-detected); ``main`` calls
+``stiv_jax.launch.distributed.initialize`` before anything touches a backend. SIGTERM saves a checkpoint on every host at the same step and exits 0.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.data.pipeline import make_iterator
-from stiv_jax.parallel import distributed
+from stiv_jax.launch import distributed
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.parallel import rules as rules_lib
 from stiv_jax.training import flops as flops_lib
@@ -56,7 +56,6 @@ def compile_train_step(config, bundle, tx, *, state, batch, shardings, mesh, rul
 def train(config, workdir: str) -> state_lib.TrainState:
     """Runs (or resumes) training to ``config.total_steps``; returns the final (or preempted) state."""
     # ----------------------------------------------------------------- setup
-    distributed.maybe_initialize()
     os.makedirs(workdir, exist_ok=True)
     mesh = mesh_lib.build_mesh(config.mesh)
     rules = mesh_lib.logical_rules(config.mesh)
@@ -93,16 +92,26 @@ def train(config, workdir: str) -> state_lib.TrainState:
         batch = mesh_lib.host_to_global_batch(next(data_iter), mesh, rules)
         return batch, time.perf_counter() - start
 
+    # One executable per batch shape (data buckets give several); the first is compiled before the loop.
+    compiled_steps: dict = {}
+
+    def step_for(batch):
+        key = tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
+        if key not in compiled_steps:
+            start = time.perf_counter()
+            compiled, activation_lines = compile_train_step(config, bundle, tx, state=state, batch=batch,
+                                                            shardings=shardings, mesh=mesh, rules=rules)
+            compiled_steps[key] = compiled
+            if is_lead:
+                print(f"train step compiled for {dict(key)} in {time.perf_counter() - start:.1f}s; "
+                      f"{fraction:.1%} of parameter bytes sharded over fsdp")
+                if config.mesh.get("debug_sharding", False) and len(compiled_steps) == 1:
+                    boxed = jax.eval_shape(boxed_params_fn)
+                    print("\n".join(rules_lib.describe_parameter_shardings(boxed, rules, mesh) + activation_lines))
+        return compiled_steps[key]
+
     batch, wait = next_batch()
-    start = time.perf_counter()
-    train_step, activation_lines = compile_train_step(config, bundle, tx, state=state, batch=batch,
-                                                      shardings=shardings, mesh=mesh, rules=rules)
-    if is_lead:
-        print(f"train step compiled in {time.perf_counter() - start:.1f}s; "
-              f"{fraction:.1%} of parameter bytes sharded over fsdp")
-        if config.mesh.get("debug_sharding", False):
-            boxed = jax.eval_shape(boxed_params_fn)
-            print("\n".join(rules_lib.describe_parameter_shardings(boxed, rules, mesh) + activation_lines))
+    step_for(batch)
     step_flops = flops_lib.train_step_flops(bundle.dit.config, latent_shape=bundle.latent_shape,
                                             text_length=bundle.text_length, text_dim=config.text.dim,
                                             batch_size=config.data.batch_size)
@@ -126,7 +135,7 @@ def train(config, workdir: str) -> state_lib.TrainState:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
             if step > first_step:
                 batch, wait = next_batch()
-            state, metrics = train_step(state, batch)
+            state, metrics = step_for(batch)(state, batch)
             done = step + 1
             # The guard reads the previous step's streak, so one step stays in flight on the device.
             if previous_streak is not None and int(previous_streak) >= max_nonfinite:
@@ -171,6 +180,7 @@ def train(config, workdir: str) -> state_lib.TrainState:
 
 def main(argv):
     del argv
+    distributed.initialize()  # multi-process launches only; before anything touches a jax backend
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and grain log every file at INFO
     train(flags.FLAGS.config, flags.FLAGS.workdir)

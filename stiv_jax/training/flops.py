@@ -7,8 +7,8 @@ text length ``L``:
 
 - spatial self-attention: projections ``4 * 2 N d^2`` + scores and values ``2 * 2 F S^2 d``
 - temporal self-attention: projections ``4 * 2 N d^2`` + scores and values ``2 * 2 S F^2 d``
-- cross-attention: query and output ``2 * 2 N d^2``, keys and values ``2 * 2 F L d^2`` (the text is
-  projected once per frame, as the model does) + scores and values ``2 * 2 N L d``
+- cross-attention: query and output ``2 * 2 N d^2``, keys and values ``2 * 2 L d^2`` (the text is projected
+  once per sample; all ``N`` video tokens attend to it) + scores and values ``2 * 2 N L d``
 - feed-forward: ``2 * 2 N d m``
 
 A training step costs 3x the forward (the backward pass is two matmuls per forward matmul); recomputation from
@@ -47,7 +47,7 @@ def block_forward_flops(*, frames: int, spatial_tokens: int, width: int, mlp_hid
     return BlockFlops(
         spatial_attention=4 * 2 * n * d * d + 2 * 2 * f * s * s * d,
         temporal_attention=4 * 2 * n * d * d + 2 * 2 * s * f * f * d,
-        cross_attention=2 * 2 * n * d * d + 2 * 2 * f * txt * d * d + 2 * 2 * n * txt * d,
+        cross_attention=2 * 2 * n * d * d + 2 * 2 * txt * d * d + 2 * 2 * n * txt * d,
         feed_forward=2 * 2 * n * d * m)
 
 
@@ -65,12 +65,18 @@ def model_forward_flops(model_config, *, latent_shape, text_length: int, text_di
     n = f * s
     d = cfg.width
     patch_dim = cfg.temporal_patch * cfg.patch_size ** 2 * channels
-    block = block_forward_flops(frames=f, spatial_tokens=s, width=d, mlp_hidden=int(cfg.mlp_ratio * d),
-                                text_length=text_length)
+    hidden = int(cfg.mlp_ratio * d)
+    block = block_forward_flops(frames=f, spatial_tokens=s, width=d, mlp_hidden=hidden, text_length=text_length)
+    # MaskDiT: the first ``depth`` blocks see the kept spatial tokens only, ``decoder_depth`` blocks see all.
+    mask_ratio = float(getattr(cfg, "mask_ratio", 0.0) or 0.0)
+    decoder_depth = int(getattr(cfg, "decoder_depth", 0) or 0) if mask_ratio > 0 else 0
+    kept = max(1, int(round(s * (1.0 - mask_ratio))))
+    masked_block = block_forward_flops(frames=f, spatial_tokens=kept, width=d, mlp_hidden=hidden,
+                                       text_length=text_length)
     stem = 2 * n * patch_dim * d + 2 * n * d * patch_dim                    # patch embed + final projection
     conditioning = 2 * (256 * d + d * d + text_dim * d + 6 * d * d + 2 * d * d)  # t-embed, pooled, AdaLN
     text = 2 * text_length * (text_dim * d + d * d)                           # text projection MLP
-    return cfg.depth * block.total + stem + conditioning + text
+    return cfg.depth * masked_block.total + decoder_depth * block.total + stem + conditioning + text
 
 
 def train_step_flops(model_config, *, latent_shape, text_length: int, text_dim: int, batch_size: int) -> float:

@@ -12,7 +12,6 @@ import threading
 import jax
 from absl import logging
 
-from stiv_jax.parallel import distributed
 
 
 class PreemptionWatcher:
@@ -21,7 +20,7 @@ class PreemptionWatcher:
     def __init__(self):
         self._signalled = False
         self._previous_handler = None
-        self._multihost = jax.process_count() > 1 and distributed.is_initialized()
+        self._multihost = jax.process_count() > 1 and jax.distributed.is_initialized()
         if not self._multihost and threading.current_thread() is threading.main_thread():
             self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 

@@ -20,7 +20,8 @@ def test_analytic_forward_flops_match_compiled_cost_analysis_within_5_percent():
         text = jnp.zeros((batch, bundle.text_length, config.text.dim))
         return bundle.dit.apply({"params": params["dit"]}, latents, timesteps=jnp.zeros((batch,)), text=text,
                                 text_mask=jnp.ones((batch, bundle.text_length), bool),
-                                pooled_text=jnp.zeros((batch, config.text.dim)))
+                                pooled_text=jnp.zeros((batch, config.text.dim)),
+                                micro_conditions=bundle.micro_conditions(batch))
 
     cost = jax.jit(forward).lower(params, latents).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost

@@ -3,7 +3,6 @@ import os
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +18,7 @@ def tiny_config(shards: str = "unused", **overrides):
     config.model.depth = 1
     config.model.width = 32
     config.model.num_heads = 4
+    config.text.kind = "token_embedding"      # trainable byte encoder: no checkpoint to load
     config.text.dim = 32
     config.text.max_length = 16
     config.data.frames = 4
@@ -98,4 +98,3 @@ def assert_trees_equal(a, b, what=""):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=f"{what}{jax.tree_util.keystr(path)}")
 
 
-_ = ml_collections
