@@ -98,3 +98,55 @@ def assert_trees_equal(a, b, what=""):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=f"{what}{jax.tree_util.keystr(path)}")
 
 
+
+
+DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_driver.py")
+
+
+def config_to_json(config, path: str) -> str:
+    import json
+    with open(path, "w") as f:
+        json.dump(config.to_dict(), f)
+    return path
+
+
+def config_from_json(path: str):
+    """The config as the child processes see it (JSON turns tuples into lists; every run must use the same)."""
+    import json
+    import ml_collections
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def synthetic_iterator_factory(config):
+    """A ``make_iterator`` replacement: process ``p`` of ``n`` yields rows ``[p*B/n, (p+1)*B/n)`` of global batch
+    ``k`` at step ``k``, so any process count sees the same global batches. Checkpointable (grain)."""
+    import grain
+
+    def make_iterator(data_config, *, seed, tokenize, process_index=0, process_count=1):
+        del data_config, seed, tokenize
+        rows = config.data.batch_size // process_count
+        lo = process_index * rows
+
+        def host_rows(k):
+            return {key: v[lo:lo + rows] for key, v in synthetic_batch(config, int(k)).items()}
+        return iter(grain.MapDataset.range(10**6).map(host_rows))
+    return make_iterator
+
+
+def dump_params(params, path: str) -> None:
+    """Gathers (possibly multi-process) parameters; process 0 writes them to ``path`` (.npz, flat keys)."""
+    from jax.experimental import multihost_utils
+    gathered = multihost_utils.process_allgather(params, tiled=True)
+    if jax.process_index() == 0:
+        flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(gathered)[0]}
+        np.savez(path, **flat)
+
+
+def child_env(**extra) -> dict:
+    """Environment for a child training process: CPU, 8 fake devices unless overridden, repo importable."""
+    repo = os.path.dirname(TESTS_DIR)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               PYTHONPATH=os.pathsep.join([repo, TESTS_DIR, os.environ.get("PYTHONPATH", "")]))
+    env.update(extra)
+    return env
