@@ -58,7 +58,7 @@ def mesh_for(config, devices=None):
 
 
 def build_run(config, devices=None):
-    """``(state, step_fn, mesh, rules, bundle, tx, shardings)`` for ``config`` on ``devices``."""
+    """``(state, step_fn, mesh, rules, bundle, tx, shardings, activation_lines)`` for ``config`` on ``devices``."""
     from stiv_jax.training import state as state_lib
     from stiv_jax.training.model_bundle import build_model_bundle
     from stiv_jax.training.optimizer import build_optimizer
@@ -70,19 +70,19 @@ def build_run(config, devices=None):
     state, shardings = state_lib.init_state(lambda: bundle.init_boxed_params(jax.random.key(config.seed)), tx,
                                             mesh, rules)
     batch = mesh_lib.host_to_global_batch(synthetic_batch(config), mesh, rules)
-    step_fn, _ = compile_train_step(config, bundle, tx, state=state, batch=batch, shardings=shardings,
-                                    mesh=mesh, rules=rules)
-    return state, step_fn, mesh, rules, bundle, tx, shardings
+    step_fn, activation_lines = compile_train_step(config, bundle, tx, state=state, batch=batch,
+                                                   shardings=shardings, mesh=mesh, rules=rules)
+    return state, step_fn, mesh, rules, bundle, tx, shardings, activation_lines
 
 
 def run_steps(config, num_steps: int, devices=None):
-    """The state after ``num_steps`` steps on the synthetic batches, gathered to host numpy."""
+    """``(state, metrics, activation_sharding_lines)`` after ``num_steps`` synthetic steps, state on the host."""
     from stiv_jax.parallel import mesh as mesh_lib
-    state, step_fn, mesh, rules, *_ = build_run(config, devices)
+    state, step_fn, mesh, rules, *_, activation_lines = build_run(config, devices)
     with mesh_lib.activate(mesh, rules):
         for i in range(num_steps):
             state, metrics = step_fn(state, mesh_lib.host_to_global_batch(synthetic_batch(config, i), mesh, rules))
-    return jax.device_get(state), jax.device_get(metrics)
+    return jax.device_get(state), jax.device_get(metrics), activation_lines
 
 
 def assert_trees_close(a, b, rtol, atol, what=""):
