@@ -33,7 +33,7 @@ def uninterrupted(run_config, tmp_path_factory):
 
 
 def _data_iter_state(workdir: str, step: int) -> list[bytes]:
-    files = sorted(glob.glob(os.path.join(workdir, "checkpoints", str(step), "data_iter", "*")))
+    files = sorted(glob.glob(os.path.join(workdir, "checkpoints", str(step), "data_iter", "*.json")))
     assert files, f"no data_iter item at step {step}"
     return [open(f, "rb").read() for f in files]
 
