@@ -103,8 +103,8 @@ def train(config, workdir: str) -> state_lib.TrainState:
                                                             shardings=shardings, mesh=mesh, rules=rules)
             compiled_steps[key] = compiled
             if is_lead:
-                print(f"train step compiled for {dict(key)} in {time.perf_counter() - start:.1f}s; "
-                      f"{fraction:.1%} of parameter bytes sharded over fsdp")
+                sharded = f"; {fraction:.1%} of parameter bytes sharded over fsdp" if mesh.shape["fsdp"] > 1 else ""
+                print(f"train step compiled for {dict(key)} in {time.perf_counter() - start:.1f}s{sharded}")
                 if config.mesh.get("debug_sharding", False) and len(compiled_steps) == 1:
                     boxed = jax.eval_shape(boxed_params_fn)
                     print("\n".join(rules_lib.describe_parameter_shardings(boxed, rules, mesh) + activation_lines))
