@@ -16,6 +16,10 @@ def get_config():
     config.total_steps = 300              # optimizer steps
     config.checkpoint_every = 100         # steps between checkpoints (the last step is always saved)
     config.keep_checkpoints = 2           # newest checkpoints kept
+    config.keep_checkpoint_period = 0     # also keep every checkpoint at a multiple of this step (0: none)
+    config.profile_steps = ()             # (start, stop): write a profiler trace of these steps to workdir/profile
+    config.sample_every = 0               # steps between validation samples (stiv_jax.training.validation; 0: off)
+    config.peak_tflops_per_device = 0.0   # for MFU when the device kind is unknown (0: look up device_kind)
     config.log_every = 10                 # steps between metric rows
 
     config.model = ml_collections.ConfigDict()  # every key: stiv_jax/model/config.py (DiTConfig)
@@ -98,10 +102,16 @@ def get_config():
     config.optim.weight_decay = 0.0       # paper: no weight decay
     config.optim.grad_clip = 1.0          # global-norm clip
     config.optim.ema_decay = 0.95         # EMA of parameters (paper: 0.9999 over 400k steps; short demo run)
+    config.optim.grad_accum_steps = 1     # micro-batches per optimizer step (batch divisible by it)
+    config.optim.max_nonfinite_steps = 10  # NaN/Inf updates are skipped; abort after this many in a row
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.ici = dict(data=-1, fsdp=1, context=1, tensor=1)  # -1 fills with the remaining devices
-    config.mesh.logical_rules = ()        # empty: stiv_jax.parallel.mesh.DEFAULT_LOGICAL_RULES
+    config.mesh.dcn = dict(data=-1)       # across slices (multi-slice TPU); -1 fills with the slice count
+    config.mesh.rules = "default"         # preset: default | fsdp | fsdp_tensor | fsdp_context
+    config.mesh.logical_rules = ()        # explicit (name, axes) pairs override the preset
+    config.mesh.min_sharded_fraction = 0.98  # with fsdp > 1, this share of parameter bytes must be sharded
+    config.mesh.debug_sharding = False    # print every parameter's and activation's logical/physical sharding
 
     config.sample = ml_collections.ConfigDict()
     config.sample.solver = "euler"        # euler | heun (2nd order, 2 calls/step) | sde (DiT-Air: Heun SDE, 50)

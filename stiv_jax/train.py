@@ -1,6 +1,9 @@
 r"""Trains a STIV model from an ml-collections config; re-running on the same workdir resumes.
 
   python -m stiv_jax.train --config=experiments/demo.py --workdir=runs/demo [--config.total_steps=100]
+
+Multi-process: start it through a launcher (``stiv_jax.launch``; TPU pods are auto-detected); ``main`` calls
+``stiv_jax.launch.distributed.initialize`` before anything touches a backend. SIGTERM saves a checkpoint on every host at the same step and exits 0.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 import time
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
@@ -17,10 +21,13 @@ from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.data.pipeline import make_iterator
 from stiv_jax.launch import distributed
 from stiv_jax.parallel import mesh as mesh_lib
+from stiv_jax.parallel import rules as rules_lib
+from stiv_jax.training import flops as flops_lib
 from stiv_jax.training import metrics as metrics_lib
 from stiv_jax.training import state as state_lib
 from stiv_jax.training.model_bundle import build_model_bundle
 from stiv_jax.training.optimizer import build_optimizer
+from stiv_jax.training.preemption import PreemptionWatcher
 from stiv_jax.training.step import make_train_step
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).", lock_config=True)
@@ -28,15 +35,34 @@ flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, sampl
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class NonFiniteLossError(FloatingPointError):
+    """Raised after ``config.optim.max_nonfinite_steps`` consecutive NaN/Inf steps."""
+
+
+def compile_train_step(config, bundle, tx, *, state, batch, shardings, mesh, rules):
+    """Lowers and compiles the train step with explicit in/out shardings and a donated state.
+
+    Returns ``(compiled, activation_lines)``; the activation sharding lines are filled when
+    ``config.mesh.debug_sharding`` is set.
+    """
+    batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
+    jitted = jax.jit(make_train_step(config, bundle, tx), in_shardings=(shardings, batch_shardings),
+                     out_shardings=(shardings, None), donate_argnums=0)
+    with mesh_lib.activate(mesh, rules), mesh_lib.record_activation_shardings() as activation_lines:
+        lowered = jitted.lower(state, batch)
+    return lowered.compile(), list(activation_lines)
+
+
 def train(config, workdir: str) -> state_lib.TrainState:
-    """Runs (or resumes) training to ``config.total_steps``; returns the final state."""
+    """Runs (or resumes) training to ``config.total_steps``; returns the final (or preempted) state."""
     # ----------------------------------------------------------------- setup
     os.makedirs(workdir, exist_ok=True)
     mesh = mesh_lib.build_mesh(config.mesh)
     rules = mesh_lib.logical_rules(config.mesh)
     bundle = build_model_bundle(config)
     tx = build_optimizer(config.optim)
-    if jax.process_index() == 0:
+    is_lead = jax.process_index() == 0
+    if is_lead:
         print(f"mesh {dict(mesh.shape)} over {mesh.size} devices, {jax.process_count()} process(es)")
 
     # ----------------------------------------------------------------- data
@@ -45,44 +71,109 @@ def train(config, workdir: str) -> state_lib.TrainState:
 
     # ----------------------------------------------------------------- state: init or resume
     boxed_params_fn = lambda: bundle.init_boxed_params(jax.random.key(config.seed))  # noqa: E731
-    manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints)
+    abstract, shardings = state_lib.state_shardings(boxed_params_fn, tx, mesh, rules)
+    fraction = rules_lib.check_parameter_sharding(abstract.params, shardings.params, mesh,
+                                                  min_fraction=config.mesh.get("min_sharded_fraction", 0.98))
+    manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints,
+                                keep_period=config.get("keep_checkpoint_period", None))
     if manager.latest_step() is not None:
-        abstract, shardings = state_lib.state_shardings(boxed_params_fn, tx, mesh, rules)
         state = ckpt.restore(manager, abstract_state=abstract, shardings=shardings, data_iter=data_iter)
-        print(f"resumed from step {int(state.step)} in {workdir}")
+        if is_lead:
+            print(f"resumed from step {int(state.step)} in {workdir}")
     else:
         state, shardings = state_lib.init_state(boxed_params_fn, tx, mesh, rules)
-    if jax.process_index() == 0:
+    if is_lead:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=1)
 
     # ----------------------------------------------------------------- compiled step
-    train_step = jax.jit(make_train_step(config, bundle, tx), in_shardings=(shardings, None),
-                         out_shardings=(shardings, None), donate_argnums=0)
+    def next_batch():
+        start = time.perf_counter()
+        batch = mesh_lib.host_to_global_batch(next(data_iter), mesh, rules)
+        return batch, time.perf_counter() - start
+
+    # One executable per batch shape (data buckets give several); the first is compiled before the loop.
+    compiled_steps: dict = {}
+
+    def step_for(batch):
+        key = tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
+        if key not in compiled_steps:
+            start = time.perf_counter()
+            compiled, activation_lines = compile_train_step(config, bundle, tx, state=state, batch=batch,
+                                                            shardings=shardings, mesh=mesh, rules=rules)
+            compiled_steps[key] = compiled
+            if is_lead:
+                sharded = f"; {fraction:.1%} of parameter bytes sharded over fsdp" if mesh.shape["fsdp"] > 1 else ""
+                print(f"train step compiled for {dict(key)} in {time.perf_counter() - start:.1f}s{sharded}")
+                if config.mesh.get("debug_sharding", False) and len(compiled_steps) == 1:
+                    boxed = jax.eval_shape(boxed_params_fn)
+                    print("\n".join(rules_lib.describe_parameter_shardings(boxed, rules, mesh) + activation_lines))
+        return compiled_steps[key]
+
+    batch, wait = next_batch()
+    step_for(batch)
+    step_flops = flops_lib.train_step_flops(bundle.dit.config, latent_shape=bundle.latent_shape,
+                                            text_length=bundle.text_length, text_dim=config.text.dim,
+                                            batch_size=config.data.batch_size)
+    peak = flops_lib.peak_tflops_per_device(jax.devices()[0].device_kind, config.get("peak_tflops_per_device", None))
 
     # ----------------------------------------------------------------- loop
     writer = metrics_lib.MetricWriter(workdir)
+    watcher = PreemptionWatcher()
+    max_nonfinite = int(config.optim.get("max_nonfinite_steps", 10))
+    profile_start, profile_stop = tuple(config.get("profile_steps", None) or (-1, -1))
+    sample_every = int(config.get("sample_every", 0) or 0)
     first_step = int(state.step)
+    last_saved = first_step if manager.latest_step() == first_step else None
     progress = tqdm(range(first_step, config.total_steps), initial=first_step, total=config.total_steps,
-                    desc="train", disable=jax.process_index() != 0)
-    last_log = time.perf_counter()
+                    desc="train", disable=not is_lead)
+    timer = metrics_lib.StepTimer()
+    previous_streak, aborted_streak = None, 0
     with mesh_lib.activate(mesh, rules):
         for step in progress:
-            batch = mesh_lib.host_to_global_batch(next(data_iter), mesh, rules)
-            state, metrics = train_step(state, batch)
+            if step == profile_start:
+                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+            if step > first_step:
+                batch, wait = next_batch()
+            state, metrics = step_for(batch)(state, batch)
             done = step + 1
+            # The guard reads the previous step's streak, so one step stays in flight on the device.
+            if previous_streak is not None and int(previous_streak) >= max_nonfinite:
+                aborted_streak = int(previous_streak)
+                break
+            previous_streak = metrics["nonfinite_streak"]
+            timer.step_done(data_wait=wait)
+            if done == profile_stop:
+                jax.block_until_ready(state)
+                jax.profiler.stop_trace()
             if done % config.log_every == 0 or done == config.total_steps:
-                now = time.perf_counter()
-                metrics = dict(jax.device_get(metrics), steps_per_sec=config.log_every / (now - last_log))
-                last_log = now
-                writer.write(done, metrics)
-                progress.set_postfix(loss=f"{metrics['loss']:.4f}")
-            if done % config.checkpoint_every == 0 or done == config.total_steps:
+                row = dict(jax.device_get(metrics), **timer.summary(step_flops=step_flops,
+                                                                    num_devices=mesh.size, peak_tflops=peak))
+                writer.write(done, row)
+                progress.set_postfix(loss=f"{row['loss']:.4f}", skipped=int(row["skipped_steps"]))
+                if is_lead and config.get("console_metrics", True):
+                    progress.write(metrics_lib.format_row(done, row))
+            if sample_every and done % sample_every == 0:
+                from stiv_jax.training import validation  # written by the eval area (config.sample_every)
+                validation.run_validation(config=config, workdir=workdir, step=done, params=state.ema_params,
+                                          bundle=bundle, mesh=mesh, rules=rules, writer=writer)
+            preempted = watcher.should_stop(done)
+            if preempted or done % config.checkpoint_every == 0 or done == config.total_steps:
                 ckpt.save(manager, done, state=state, data_iter=data_iter, config=config)
+                last_saved = done
+            if preempted:
+                if is_lead:
+                    print(f"preempted: saved step {done}, exiting")
+                break
     manager.wait_until_finished()
     manager.close()
     writer.close()
-    if jax.process_index() == 0 and os.path.exists(writer.path):
+    watcher.close()
+    if aborted_streak:
+        raise NonFiniteLossError(
+            f"{aborted_streak} consecutive steps had a NaN/Inf loss or gradient (updates skipped; last checkpoint: "
+            f"step {last_saved}). Lower config.optim.lr, check the data, or raise config.optim.max_nonfinite_steps")
+    if is_lead and os.path.exists(writer.path):
         metrics_lib.plot_loss(writer.path, os.path.join(workdir, "loss.png"))
     return state
 

@@ -92,8 +92,10 @@ def build_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh
 
 
 def logical_rules(mesh_config) -> tuple[tuple[str, Any], ...]:
-    """The logical -> mesh axis rules of ``config.mesh.logical_rules`` (or the defaults), as tuples."""
-    rules = mesh_config.get("logical_rules", None) or DEFAULT_LOGICAL_RULES
+    """The logical -> mesh axis rules: explicit ``config.mesh.logical_rules`` pairs if given, else the preset
+    named by ``config.mesh.rules`` (see ``stiv_jax.parallel.rules``), else ``DEFAULT_LOGICAL_RULES``."""
+    from stiv_jax.parallel.rules import preset_rules
+    rules = mesh_config.get("logical_rules", None) or preset_rules(mesh_config.get("rules", None) or "default")
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
 
@@ -109,8 +111,29 @@ def logical_to_sharding(logical_spec_tree, mesh: Mesh, rules) -> Any:
     return nn.logical_to_mesh_sharding(logical_spec_tree, mesh, rules)
 
 
+# Trace-time log of activation constraints, filled while ``record_activation_shardings`` is active.
+_ACTIVATION_LOG: list[str] | None = None
+
+
+@contextlib.contextmanager
+def record_activation_shardings():
+    """Collects one line per ``shard_logical`` call traced inside the block (for ``config.mesh.debug_sharding``)."""
+    global _ACTIVATION_LOG
+    previous, _ACTIVATION_LOG = _ACTIVATION_LOG, []
+    try:
+        yield _ACTIVATION_LOG
+    finally:
+        _ACTIVATION_LOG = previous
+
+
 def shard_logical(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Constrains activation ``x`` to the sharding its logical axis ``names`` map to (no-op without a mesh)."""
+    if _ACTIVATION_LOG is not None:
+        module = nn.module._context.module_stack[-1] if nn.module._context.module_stack else None
+        where = "/".join(module.scope.path) if module is not None and module.scope is not None else "-"
+        physical = nn.logical_to_mesh_axes(tuple(names))
+        _ACTIVATION_LOG.append(f"activation {where:50s} {str(tuple(x.shape)):22s} logical={tuple(names)} "
+                               f"physical={tuple(physical)}")
     return nn.with_logical_constraint(x, PartitionSpec(*names))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -32,6 +33,39 @@ class MetricWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+class StepTimer:
+    """Wall time per step and time spent waiting for data, averaged since the last ``summary``."""
+
+    def __init__(self):
+        self._start = time.perf_counter()
+        self._steps = 0
+        self._data_wait = 0.0
+
+    def step_done(self, *, data_wait: float) -> None:
+        self._steps += 1
+        self._data_wait += data_wait
+
+    def summary(self, *, step_flops: float, num_devices: int, peak_tflops: float | None) -> dict:
+        """``step_time_s``, ``data_wait_s``, ``tflops_per_device`` and ``mfu`` (when the peak is known); resets."""
+        now = time.perf_counter()
+        steps = max(self._steps, 1)
+        step_time = (now - self._start) / steps
+        out = {"step_time_s": step_time, "data_wait_s": self._data_wait / steps,
+               "steps_per_sec": 1.0 / step_time,
+               "tflops_per_device": step_flops / step_time / num_devices / 1e12}
+        if peak_tflops:
+            out["mfu"] = out["tflops_per_device"] / peak_tflops
+        self._start, self._steps, self._data_wait = now, 0, 0.0
+        return out
+
+
+def format_row(step: int, row: dict) -> str:
+    """One console line for a metrics row."""
+    keys = ("loss", "grad_norm", "learning_rate", "step_time_s", "data_wait_s", "tflops_per_device", "mfu",
+            "skipped_steps")
+    return f"step {step}: " + " ".join(f"{k}={row[k]:.4g}" for k in keys if k in row)
 
 
 def read_metrics(path: str) -> list[dict]:

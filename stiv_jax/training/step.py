@@ -1,13 +1,16 @@
-"""The jitted, sharded train step: flow-matching loss, optimizer update, EMA."""
+"""The train step: flow-matching loss (this file) + accumulation, non-finite guard, optimizer and EMA
+(``stiv_jax.training.update``). The trainer jits it with explicit shardings and a donated state."""
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import optax
+import optax  # noqa: F401  (type of ``tx``)
 
 from stiv_jax.diffusion import flow, tasks
 from stiv_jax.model import maskdit
+from stiv_jax.training import update as update_lib
 from stiv_jax.training.model_bundle import ModelBundle
+from stiv_jax.training.optimizer import learning_rate_schedule
 from stiv_jax.training.state import TrainState
 
 
@@ -66,14 +69,14 @@ def make_train_step(config, bundle: ModelBundle, tx: optax.GradientTransformatio
     """Returns ``train_step(state, batch) -> (state, metrics)``; the caller jits it with shardings."""
     loss_fn = make_loss_fn(config, bundle)
 
+    schedule = learning_rate_schedule(config.optim)
+    num_micro = int(config.optim.get("grad_accum_steps", 1) or 1)
+
     def train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, rng)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        decay = config.optim.ema_decay
-        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
-        new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+        loss, grads = update_lib.accumulated_loss_and_grads(loss_fn, state.params, batch, rng, num_micro)
+        new_state, metrics = update_lib.guarded_update(state, loss, grads, tx, ema_decay=config.optim.ema_decay)
+        metrics["learning_rate"] = schedule(state.step - state.skipped_steps)
+        return new_state, metrics
 
     return train_step

@@ -1,0 +1,35 @@
+"""The trainer skips NaN/Inf updates, counts them, and aborts after config.optim.max_nonfinite_steps in a row."""
+import dataclasses
+import os
+
+import jax.numpy as jnp
+import pytest
+
+from stiv_jax.training import metrics as metrics_lib
+from stiv_jax.training.model_bundle import ModelBundle
+from trainer_testlib import synthetic_iterator_factory, tiny_config
+
+
+class _NaNVelocityBundle(ModelBundle):
+    def velocity(self, *args, **kwargs):
+        return super().velocity(*args, **kwargs) * jnp.nan
+
+
+def test_training_aborts_after_consecutive_nonfinite_steps_without_changing_params(tmp_path, monkeypatch):
+    from stiv_jax import train as train_lib
+    config = tiny_config(total_steps=20, checkpoint_every=100, **{"optim.max_nonfinite_steps": 3})
+    original_build = train_lib.build_model_bundle
+
+    def nan_bundle(cfg):
+        bundle = original_build(cfg)
+        return _NaNVelocityBundle(**{f.name: getattr(bundle, f.name) for f in dataclasses.fields(bundle)})
+
+    monkeypatch.setattr(train_lib, "build_model_bundle", nan_bundle)
+    monkeypatch.setattr(train_lib, "make_iterator", synthetic_iterator_factory(config))
+    with pytest.raises(train_lib.NonFiniteLossError, match="max_nonfinite_steps"):
+        train_lib.train(config, str(tmp_path))
+    rows = metrics_lib.read_metrics(os.path.join(str(tmp_path), "metrics.jsonl"))
+    assert [int(r["nonfinite_streak"]) for r in rows[:3]] == [1, 2, 3]
+    assert all(int(r["update_skipped"]) == 1 for r in rows)
+    assert len(rows) < 20                          # stopped early, one step past the limit at most
+    assert all(r["learning_rate"] == 0.0 for r in rows)  # the optimizer never advanced
