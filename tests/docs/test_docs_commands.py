@@ -11,7 +11,7 @@ all pages (a copy-free view of the repository: `experiments/`, `stiv_jax/`, `lau
 so a page can use what an earlier page produced (docs/README.md lists the order).
 
 Tiny scale: every `python -m stiv_jax.train` / `python -m stiv_jax.launch.local` command gets TINY_TRAIN appended
-(the `tiny` model size on 32x32, 4-frame clips, batch 8), plus `--config.total_steps=4` when the command sets no step
+(the `tiny` model size on 32x32 clips, batch 8), plus `--config.total_steps=4` when the command sets no step
 count. XLA compiles are cached across blocks (JAX_COMPILATION_CACHE_DIR).
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DOCS = os.path.join(REPO, "docs")
 CPU_MARK = "<!-- cpu-test -->"
 NOT_CPU_MARK = re.compile(r"<!-- not-cpu-runnable: .+ -->")
-TINY_TRAIN = ["--config.model.size=tiny", "--config.data.batch_size=8", "--config.data.frames=4",
-              "--config.data.resolution=32", "--config.log_every=1"]
+TINY_TRAIN = ["--config.model.size=tiny", "--config.data.batch_size=8", "--config.data.resolution=32",
+              "--config.log_every=1"]
 DEFAULT_STEPS = "--config.total_steps=4"
 BLOCK_TIMEOUT_S = 900
 
