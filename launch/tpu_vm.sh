@@ -136,7 +136,8 @@ case $ACTION in
     note "libtpu flags version ${FLAGS_VERSION}; expecting ${EXPECTED} hosts"
     TRAIN=(python3 -m stiv_jax.train "--config=${CONFIG}" "--workdir=${WORKDIR}" "${TRAIN_ARGS[@]}")
     REMOTE="cd stiv_jax && export $(join_cmd "LIBTPU_INIT_ARGS=${LIBTPU_ARGS}" "STIV_EXPECTED_PROCESSES=${EXPECTED}")"
-    REMOTE+=" && (setsid nohup $(join_cmd "${TRAIN[@]}") > ~/stiv_train.log 2>&1 < /dev/null & echo \$! > ~/stiv_train.pid)"
+    REMOTE+=" && (setsid nohup $(join_cmd "${TRAIN[@]}") > ~/stiv_train.log 2>&1 < /dev/null"
+    REMOTE+=" & echo \$! > ~/stiv_train.pid)"
     ssh_all_workers "$REMOTE"
     note "started; stream the log with: launch/tpu_vm.sh logs --name=${NAME} ..."
     ;;

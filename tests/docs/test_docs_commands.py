@@ -11,8 +11,8 @@ all pages (a copy-free view of the repository: `experiments/`, `stiv_jax/`, `lau
 so a page can use what an earlier page produced (docs/README.md lists the order).
 
 Tiny scale: every `python -m stiv_jax.train` / `python -m stiv_jax.launch.local` command gets TINY_TRAIN appended
-(a 1-block, 32-wide model on 32x32, 4-frame clips, batch 8), plus `--config.total_steps=4` when the command sets no step
-count. XLA compiles are cached across blocks (JAX_COMPILATION_CACHE_DIR).
+(the `tiny` model size on 32x32 clips, batch 8), plus `--config.total_steps=4` when the command sets no step
+count. XLA compiles are cached across blocks (JAX_COMPILATION_CACHE_DIR) and skip the CPU optimisation passes.
 """
 from __future__ import annotations
 
@@ -28,9 +28,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 DOCS = os.path.join(REPO, "docs")
 CPU_MARK = "<!-- cpu-test -->"
 NOT_CPU_MARK = re.compile(r"<!-- not-cpu-runnable: .+ -->")
-TINY_TRAIN = ["--config.model.depth=1", "--config.model.width=32", "--config.model.num_heads=2",
-              "--config.text.dim=32", "--config.data.batch_size=8", "--config.data.frames=4",
-              "--config.data.resolution=32", "--config.log_every=1"]
+TINY_TRAIN = ["--config.model.size=tiny", "--config.data.batch_size=8", "--config.data.resolution=32",
+              "--config.log_every=1"]
 DEFAULT_STEPS = "--config.total_steps=4"
 BLOCK_TIMEOUT_S = 900
 
@@ -101,7 +100,10 @@ def sandbox(tmp_path_factory):
         "PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
         "PYTHONPATH": REPO,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+        # Tiny models: compile time dominates, so skip XLA's CPU optimisation passes (about 40% less CPU time,
+        # identical losses on the demo).
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0 "
+                     "--xla_llvm_disable_expensive_passes=true",
         "JAX_COMPILATION_CACHE_DIR": str(root / ".jax_cache"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
         "PYTHONUNBUFFERED": "1",

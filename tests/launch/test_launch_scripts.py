@@ -174,3 +174,20 @@ def test_real_run_executes_the_printed_commands_and_reports_a_failed_slice(tmp_p
     assert "the command failed on at least one slice" in result.stderr
     called = sorted(shlex.split(line) for line in log.read_text().splitlines())
     assert called == sorted(argv[1:] for argv in dry_run("tpu_vm.sh", *args))
+
+
+def test_dockerfile_installs_extras_that_setup_py_defines():
+    import ast
+    import re
+    dockerfile = open(os.path.join(REPO, "launch", "Dockerfile")).read()
+    setup_tree = ast.parse(open(os.path.join(REPO, "setup.py")).read())
+    extras = next(ast.literal_eval(node.value) for node in ast.walk(setup_tree)
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "EXTRAS")
+    default_extra = re.search(r"^ARG EXTRA=(\w+)$", dockerfile, re.M).group(1)
+    documented = set(re.findall(r"--build-arg EXTRA=(\w+)", dockerfile))
+    installed = re.search(r'pip install "\.\[\$\{EXTRA\},([\w,]+)\]"', dockerfile).group(1).split(",")
+    for extra in {default_extra, *documented, *installed}:
+        assert extra in extras, f"launch/Dockerfile uses extra {extra!r}, setup.py defines {sorted(extras)}"
+    # The build context stays small: the run outputs and the venv are ignored.
+    ignored = open(os.path.join(REPO, "launch", "Dockerfile.dockerignore")).read().split()
+    assert {".git", ".venv", "runs"} <= set(ignored)
