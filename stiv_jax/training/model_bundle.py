@@ -24,6 +24,8 @@ class ModelBundle:
     latent_space: Any
     latent_shape: tuple[int, int, int, int]    # [frames, height, width, channels] of one training latent
     text_length: int
+    prediction: str = "velocity"               # what the DiT outputs: 'velocity' (paper) or 'data' (JiT)
+    min_time_gap: float = 0.05                 # 'data' prediction: velocity = (x1_hat - x_t) / max(1 - t, gap)
 
     def init_boxed_params(self, rng: jax.Array) -> dict:
         """Trainable parameters ``{'dit': ..., 'text': ...}`` with their logical-partitioning boxes."""
@@ -42,10 +44,20 @@ class ModelBundle:
         return self.text_encoder.apply({"params": params["text"]}, ids, mask)
 
     def velocity(self, params, latents, timesteps, ids, mask):
-        """The DiT velocity for latents ``[batch, frames, height, width, channels]`` and text tokens."""
+        """The velocity for latents ``[batch, frames, height, width, channels]`` at ``timesteps`` ``[batch]``.
+
+        With ``prediction='data'`` the DiT predicts the clean sample and the velocity is derived from it
+        (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"): a network narrower than its
+        patch vectors cannot pass high-dimensional noise through, but can output data near a low-dimensional
+        manifold. The loss stays the velocity loss either way.
+        """
         seq, pooled = self.encode_text(params, ids, mask)
-        return self.dit.apply({"params": params["dit"]}, latents, timesteps=timesteps, text=seq, text_mask=mask,
-                              pooled_text=pooled)
+        out = self.dit.apply({"params": params["dit"]}, latents, timesteps=timesteps, text=seq, text_mask=mask,
+                             pooled_text=pooled)
+        if self.prediction == "velocity":
+            return out
+        gap = jnp.maximum(1.0 - timesteps, self.min_time_gap).reshape((-1,) + (1,) * (latents.ndim - 1))
+        return (out - latents) / gap
 
 
 def build_model_bundle(config) -> ModelBundle:
@@ -60,5 +72,9 @@ def build_model_bundle(config) -> ModelBundle:
     res = config.data.resolution
     factor = config.latent.factor
     latent_shape = (config.data.frames, res // factor, res // factor, latent_space.channels)
+    prediction = config.diffusion.get("prediction", "velocity")
+    if prediction not in ("velocity", "data"):
+        raise ValueError(f"config.diffusion.prediction={prediction!r}; valid: velocity, data")
     return ModelBundle(dit=STIVDiT(model_config), text_encoder=text_encoder, tokenize=tokenize,
-                       latent_space=latent_space, latent_shape=latent_shape, text_length=config.text.max_length)
+                       latent_space=latent_space, latent_shape=latent_shape, text_length=config.text.max_length,
+                       prediction=prediction, min_time_gap=config.diffusion.get("min_time_gap", 0.05))
