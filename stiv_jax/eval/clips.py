@@ -68,9 +68,16 @@ def iter_clips(source: str, windows: ClipWindows = ClipWindows(), *, max_clips: 
 
     Skipped inputs and the clip count are recorded in ``report`` when given.
     """
+    return (clip for clip, _ in iter_captioned_clips(source, windows, max_clips=max_clips, report=report))
+
+
+def iter_captioned_clips(source: str, windows: ClipWindows = ClipWindows(), *, max_clips: int | None = None,
+                         report: ClipSetReport | None = None) -> Iterator[tuple[np.ndarray, str]]:
+    """Like :func:`iter_clips`, yielding ``(clip, caption)``: a shard record's caption, or a video file's name
+    without extension (VBench-style ``{prompt}-{index}.mp4`` names give back the prompt and its index)."""
     report = report if report is not None else ClipSetReport()
     kind, paths = list_clip_sources(source)
-    for name, video in _encoded_videos(kind, paths, report):
+    for name, video, caption in _encoded_videos(kind, paths, report):
         if max_clips is not None and report.clips >= max_clips:
             return
         try:
@@ -89,7 +96,7 @@ def iter_clips(source: str, windows: ClipWindows = ClipWindows(), *, max_clips: 
             if max_clips is not None and report.clips >= max_clips:
                 return
             report.clips += 1
-            yield clip
+            yield clip, caption
 
 
 def _decode_prefix(video, max_frames: int) -> np.ndarray:
@@ -101,9 +108,9 @@ def _decode_prefix(video, max_frames: int) -> np.ndarray:
 
 
 def _encoded_videos(kind: str, paths: list[str], report: ClipSetReport):
-    """``(name, path_or_bytes)`` of every video of the listed files or shard records."""
+    """``(name, path_or_bytes, caption)`` of every video of the listed files or shard records."""
     if kind == "videos":
-        yield from ((p, p) for p in paths)
+        yield from ((p, p, os.path.splitext(os.path.basename(p))[0]) for p in paths)
         return
     from array_record.python import array_record_data_source
     for path in paths:
@@ -119,4 +126,4 @@ def _encoded_videos(kind: str, paths: list[str], report: ClipSetReport):
             except Exception as e:  # noqa: BLE001 - msgpack raises several types for damaged bytes
                 report.skipped.append((name, f"bad record: {e}"))
                 continue
-            yield name, record["video"]
+            yield name, record["video"], record["caption"]

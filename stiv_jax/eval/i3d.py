@@ -12,6 +12,7 @@ before the softmax.
 """
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from typing import Iterable
@@ -124,3 +125,9 @@ class I3DFeatureExtractor:
         batch[:len(videos)] = np.stack(videos)
         logits = self._features(self.variables, jax.device_put(batch, self._batch_sharding))
         return np.asarray(logits)[:len(videos)]
+
+
+@functools.lru_cache(maxsize=2)
+def shared_extractor(batch_size: int = 8) -> I3DFeatureExtractor:
+    """One extractor per process and batch size (weights loaded and the network compiled once), over all devices."""
+    return I3DFeatureExtractor(batch_size=batch_size)

