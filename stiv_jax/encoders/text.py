@@ -14,6 +14,7 @@ Config keys (`config.text`):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import os
 from typing import Any, Callable
@@ -64,6 +65,13 @@ class TextEncoder:
     dim: int
     frozen: bool
     pretrained_params: Any = None  # plain nested dict for pretrained kinds, None for trainable ones
+
+    @functools.cached_property
+    def frozen_params(self):
+        """The checkpoint's params as device arrays (converted once), for use outside the trained state."""
+        if self.pretrained_params is None:
+            raise ValueError(f"text.kind={self.kind!r} is trainable and has no pretrained params.")
+        return jax.tree.map(jnp.asarray, self.pretrained_params)
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         return self.tokenizer(list(texts), max_length or self.max_length)

