@@ -17,9 +17,10 @@ def _tiny_run(frames: int):
     from stiv_jax.training.model_bundle import build_model_bundle
     config = demo_config("unused")
     config.model.depth, config.model.width, config.model.num_heads = 1, 32, 2
+    config.text.kind, config.text.path, config.text.max_length = "token_embedding", "", 32
     config.text.dim, config.data.frames, config.data.resolution = 32, frames, 16
     bundle = build_model_bundle(config)
-    return config, bundle, nn.meta.unbox(bundle.init_boxed_params(jax.random.key(0)))
+    return config, bundle, nn.meta.unbox(jax.jit(bundle.init_boxed_params)(jax.random.key(0)))
 
 
 def _tensorboard_images(logdir):

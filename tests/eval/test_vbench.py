@@ -41,9 +41,10 @@ def tiny_generate():
     from stiv_jax.training.model_bundle import build_model_bundle
     config = demo_config("unused")
     config.model.depth, config.model.width, config.model.num_heads = 1, 32, 2
+    config.text.kind, config.text.path, config.text.max_length = "token_embedding", "", 32
     config.text.dim, config.data.frames, config.data.resolution = 32, 2, 16
     bundle = build_model_bundle(config)
-    params = nn.meta.unbox(bundle.init_boxed_params(jax.random.key(0)))
+    params = nn.meta.unbox(jax.jit(bundle.init_boxed_params)(jax.random.key(0)))
     calls = []
 
     def generate_fn(prompts, *, seed):
