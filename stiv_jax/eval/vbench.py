@@ -13,10 +13,10 @@ the folder must hold videos only. 946 entries hold 944 distinct prompts (two app
 prompt is sampled once. The prompt list comes from the installed ``vbench`` package (``pip install --no-deps
 vbench``; its ``__init__`` needs decord/torchvision, so we locate the JSON without importing it).
 
-Resumable: a video is written to ``OUT/.staging`` and renamed into ``OUT/videos`` when complete, and prompts whose
-videos all exist are skipped. Seeds: prompt ``p`` (its position in the full suite) uses noise seed
-``eval.vbench.seed + p`` for its batch of ``samples_per_prompt`` videos, so a resumed or partial (``--dimensions``)
-run writes the same videos as one full run.
+Resumable: a video is written to ``OUT/.staging`` and renamed into ``OUT/videos`` when complete; only missing
+videos are sampled. Seeds: video ``i`` of prompt ``p`` (its position among the suite's distinct prompts) uses noise
+seed ``eval.vbench.seed + 5 * p + i``, so a resumed or partial (``--dimensions``) run writes the same videos as one
+full run.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def default_vbench_config() -> ml_collections.ConfigDict:
     """``config.eval.vbench`` defaults; a run's config overrides any of them."""
     config = ml_collections.ConfigDict()
     config.samples_per_prompt = 5   # VBench standard: 5 videos per prompt
-    config.seed = 0                 # noise seed of prompt p is seed + p
+    config.seed = 0                 # video i of prompt p uses noise seed seed + 5 * p + i
     config.num_steps = None         # sampling steps (None: config.sample.num_steps)
     config.cfg_scale = None         # guidance (None: config.sample.cfg_scale)
     config.resolution = None        # written videos resized to this square side (None: the model's resolution)
@@ -98,7 +98,7 @@ def video_filename(prompt: str, index: int) -> str:
     return f"{prompt}-{index}.mp4"
 
 
-GenerateFn = Callable[..., np.ndarray]   # (prompts, *, seed) -> uint8 [batch, frames, height, width, 3]
+GenerateFn = Callable[..., np.ndarray]   # (prompts, *, seeds) -> uint8 [batch, frames, height, width, 3]
 
 
 def sample_vbench(generate_fn: GenerateFn, out_dir: str, config: ml_collections.ConfigDict, *, fps: float,
@@ -106,8 +106,8 @@ def sample_vbench(generate_fn: GenerateFn, out_dir: str, config: ml_collections.
     """Samples every prompt of the suite that lacks videos under ``out_dir/videos``; returns counts.
 
     Args:
-      generate_fn: ``generate_fn(prompts, seed=s)`` -> uint8 ``[len(prompts), frames, height, width, 3]``; row i
-        must depend only on ``seed`` and i (the sampler draws the noise batch from one key).
+      generate_fn: ``generate_fn(prompts, seeds=[...])`` -> uint8 ``[len(prompts), frames, height, width, 3]``,
+        video i sampled from noise seed ``seeds[i]`` alone.
       out_dir: output root (``videos/``, ``.staging/``, ``vbench_manifest.json``).
       config: ``eval.vbench`` settings (:func:`vbench_config`).
       fps: frame rate written into the mp4 files.
@@ -130,10 +130,11 @@ def sample_vbench(generate_fn: GenerateFn, out_dir: str, config: ml_collections.
         counts["videos_present"] += samples - len(missing)
         if not missing:
             continue
-        videos = np.asarray(generate_fn([item["prompt"]] * samples, seed=int(config.seed) + item["index"]))
-        for i in missing:
+        seeds = [int(config.seed) + MAX_SAMPLES_PER_PROMPT * item["index"] + i for i in missing]
+        videos = np.asarray(generate_fn([item["prompt"]] * len(missing), seeds=seeds))
+        for i, video in zip(missing, videos):
             staged = os.path.join(staging_dir, names[i])
-            video_io.encode_mp4(_resize(videos[i], config.resolution), fps=fps, path=staged)
+            video_io.encode_mp4(_resize(video, config.resolution), fps=fps, path=staged)
             os.replace(staged, os.path.join(videos_dir, names[i]))
             counts["videos_written"] += 1
         counts["prompts_sampled"] += 1
@@ -173,8 +174,10 @@ def main(argv):
         config.dimensions = tuple(d.strip() for d in f.dimensions.split(",") if d.strip())
     num_steps = config.num_steps or run_config.sample.num_steps
     cfg_scale = run_config.sample.cfg_scale if config.cfg_scale is None else config.cfg_scale
-    generate_fn = lambda prompts, *, seed: generate(bundle, params, prompts, num_steps=num_steps,  # noqa: E731
-                                                    cfg_scale=cfg_scale, seed=seed)
+
+    def generate_fn(prompts, *, seeds):  # one call per video: the skeleton's sampler draws one noise batch per seed
+        return np.concatenate([generate(bundle, params, [p], num_steps=num_steps, cfg_scale=cfg_scale, seed=s)
+                               for p, s in zip(prompts, seeds)])
     counts = sample_vbench(generate_fn, f.out, config, fps=config.fps or run_config.sample.fps)
     print(f"{counts['prompts']} prompts: wrote {counts['videos_written']} videos, {counts['videos_present']} "
           f"were already complete; videos in {os.path.join(f.out, VIDEOS_SUBDIR)}")

@@ -47,9 +47,10 @@ def tiny_generate():
     params = nn.meta.unbox(jax.jit(bundle.init_boxed_params)(jax.random.key(0)))
     calls = []
 
-    def generate_fn(prompts, *, seed):
-        calls.append((tuple(prompts), seed))
-        return generate(bundle, params, prompts, num_steps=2, cfg_scale=2.0, seed=seed)
+    def generate_fn(prompts, *, seeds):
+        calls.append((tuple(prompts), tuple(seeds)))
+        return np.concatenate([generate(bundle, params, [p], num_steps=2, cfg_scale=2.0, seed=s)
+                               for p, s in zip(prompts, seeds)])
     return generate_fn, calls
 
 
@@ -89,9 +90,9 @@ def test_layout_is_found_by_vbench_and_runs_resume(tiny_generate, tmp_path, monk
     expected = sorted(f"{p['prompt']}-{i}.mp4" for p in prompts for i in range(2))
     assert sorted(os.listdir(videos_dir)) == expected
     assert not os.path.exists(os.path.join(out, ".staging"))
-    # Seeds: prompt p of the full suite uses seed + p, one batch of samples_per_prompt per prompt.
-    assert calls == [((p["prompt"],) * 2, 7 + p["index"]) for p in prompts]
-    first = os.path.join(videos_dir, expected[0])
+    # Seeds: video i of prompt p of the full suite uses seed + 5 p + i.
+    assert calls == [((p["prompt"],) * 2, (7 + 5 * p["index"], 8 + 5 * p["index"])) for p in prompts]
+    first = os.path.join(videos_dir, f"{prompts[0]['prompt']}-0.mp4")
     frames = video_io.decode_frames(first)
     assert frames.shape == (2, 16, 16, 3)
     manifest = json.load(open(os.path.join(out, "vbench_manifest.json")))
@@ -107,7 +108,8 @@ def test_layout_is_found_by_vbench_and_runs_resume(tiny_generate, tmp_path, monk
     assert calls == []
     os.remove(first)
     counts = vb.sample_vbench(generate_fn, out, config, fps=8, log=lambda _: None)
-    assert counts["videos_written"] == 1 and counts["videos_present"] == 3 and len(calls) == 1
+    assert counts["videos_written"] == 1 and counts["videos_present"] == 3
+    assert calls == [((prompts[0]["prompt"],), (7 + 5 * prompts[0]["index"],))]
     np.testing.assert_array_equal(video_io.decode_frames(first), frames)
 
 
