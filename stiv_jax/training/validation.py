@@ -1,9 +1,10 @@
 """In-training validation: sample fixed prompts (T2V) and held-out first frames (TI2V), write a video grid to
 TensorBoard and the workdir, and compute FVD against held-out real clips when configured.
 
-Settings live in ``config.eval.validation`` (see :func:`default_validation_config`). The train loop calls
-``validator.maybe_run(step, params)`` after each optimizer step (``params``: the EMA parameters as in the
-checkpoint, sharded or not); it returns the metrics it wrote, or None when no validation was due.
+Runs every ``config.sample_every`` optimizer steps (0 or absent: never); the other settings live in
+``config.eval.validation`` (see :func:`default_validation_config`). The train loop calls
+``run_validation(config=..., workdir=..., step=..., params=state.ema_params, bundle=..., mesh=..., rules=...,
+writer=...)`` when ``step % config.sample_every == 0``; ``params`` may be sharded over ``mesh``.
 
 Outputs of step ``s``: ``workdir/validation/step_{s:08d}_{t2v,ti2v}.mp4`` and ``.gif`` (a grid, one cell per
 sample), the GIF as an animated image summary ``validation/{t2v,ti2v}`` in ``workdir/tensorboard``, and
@@ -28,7 +29,6 @@ SampleFn = Callable[..., np.ndarray]
 def default_validation_config() -> ml_collections.ConfigDict:
     """``config.eval.validation`` defaults; a run's config overrides any of them."""
     config = ml_collections.ConfigDict()
-    config.every_steps = 0          # validate every N optimizer steps (0: never)
     config.prompts = (              # fixed T2V prompts, one grid cell each
         "a cyclist rides past a white delivery van in the city",
         "a big white rabbit stands in a sunny meadow",
@@ -71,10 +71,16 @@ def video_grid(videos_bthwc: np.ndarray, *, columns: int, pad: int = 2) -> np.nd
 
 
 class Validator:
-    """Runs validation every ``config.eval.validation.every_steps`` steps (process 0 writes)."""
+    """Validation of one run: held-out clips loaded once, grids and metrics written by process 0.
 
-    def __init__(self, run_config, workdir: str, sample_fn: SampleFn, *, metric_writer=None):
+    ``mesh``/``rules``: the training mesh (FVD features are then sharded over its batch axes); None: all devices.
+    """
+
+    def __init__(self, run_config, workdir: str, sample_fn: SampleFn, *, metric_writer=None, mesh=None,
+                 rules=None):
         self.config = validation_config(run_config)
+        self.every_steps = int(run_config.get("sample_every", 0) or 0)
+        self.mesh, self.rules = mesh, rules
         self.fps = run_config.sample.fps
         self.workdir = workdir
         self.sample_fn = sample_fn
@@ -104,7 +110,7 @@ class Validator:
         return heldout
 
     def due(self, step: int) -> bool:
-        return self.config.every_steps > 0 and step % self.config.every_steps == 0
+        return self.every_steps > 0 and step % self.every_steps == 0
 
     def maybe_run(self, step: int, params) -> dict | None:
         return self.run(step, params) if self.due(step) else None
@@ -129,7 +135,8 @@ class Validator:
                 n = min(len(prompts), c.fvd_clips - start)
                 fake.extend(sample(prompts[:n], seeds=seeds(n, 2000 + start)))
             real = [clip for clip, _ in self.heldout[:c.fvd_clips]]
-            metrics["validation/fvd"] = fvd_of_clips(real, fake, extractor=shared_extractor())
+            extractor = shared_extractor(8, mesh=self.mesh, rules=self.rules)
+            metrics["validation/fvd"] = fvd_of_clips(real, fake, extractor=extractor)
         if jax.process_index() == 0:
             for name, videos in grids.items():
                 self._write_grid(step, name, video_grid(videos, columns=c.grid_columns))
@@ -167,6 +174,20 @@ def _fit(image_hwc: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     top, left = (h - ch) // 2, (w - cw) // 2
     crop = Image.fromarray(np.ascontiguousarray(image_hwc[top:top + ch, left:left + cw]))
     return np.asarray(crop.resize((tw, th), Image.BICUBIC))
+
+
+_VALIDATORS: dict[str, Validator] = {}
+
+
+def run_validation(*, config, workdir: str, step: int, params, bundle, mesh=None, rules=None, writer=None) -> dict:
+    """Validates ``params`` at ``step`` (the caller decides when); the run's :class:`Validator` is built on the
+    first call and kept for the process. Returns the metrics written (``validation/fvd`` when configured)."""
+    validator = _VALIDATORS.get(workdir)
+    if validator is None:
+        validator = Validator(config, workdir, make_sample_fn(config, bundle), metric_writer=writer, mesh=mesh,
+                              rules=rules)
+        _VALIDATORS[workdir] = validator
+    return validator.run(step, params)
 
 
 def make_sample_fn(run_config, bundle) -> SampleFn:

