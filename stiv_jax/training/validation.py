@@ -1,0 +1,209 @@
+"""In-training validation: sample fixed prompts (T2V) and held-out first frames (TI2V), write a video grid to
+TensorBoard and the workdir, and compute FVD against held-out real clips when configured.
+
+Runs every ``config.sample_every`` optimizer steps (0 or absent: never); the other settings live in
+``config.eval.validation`` (see :func:`default_validation_config`). The train loop calls
+``run_validation(config=..., workdir=..., step=..., params=state.ema_params, bundle=..., mesh=..., rules=...,
+writer=...)`` when ``step % config.sample_every == 0``; ``params`` may be sharded over ``mesh``.
+
+Outputs of step ``s``: ``workdir/validation/step_{s:08d}_{t2v,ti2v}.mp4`` and ``.gif`` (a grid, one cell per
+sample), the GIF as an animated image summary ``validation/{t2v,ti2v}`` in ``workdir/tensorboard``, and
+``validation/fvd`` in ``workdir/metrics.jsonl`` + TensorBoard when ``fvd_clips`` > 0.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from stiv_jax.data import video_io
+
+# (params, prompts, *, seeds, first_frames=None) -> uint8 [batch, frames, height, width, 3]: sample i from noise
+# seed seeds[i]; first_frames: uint8 [batch, height, width, 3] images given as frame 0 (TI2V), or None (T2V).
+SampleFn = Callable[..., np.ndarray]
+
+
+def default_validation_config() -> ml_collections.ConfigDict:
+    """``config.eval.validation`` defaults; a run's config overrides any of them."""
+    config = ml_collections.ConfigDict()
+    config.prompts = (              # fixed T2V prompts, one grid cell each
+        "a cyclist rides past a white delivery van in the city",
+        "a big white rabbit stands in a sunny meadow",
+        "a man talks on a phone in a car",
+        "a butterfly flies over the grass",
+    )
+    config.heldout = ""             # held-out real clips (shards dir/glob or video dir): TI2V images, FVD reference
+    config.ti2v_samples = 2         # TI2V cells: first frames of the first N held-out clips, with their captions
+    config.fvd_clips = 0            # FVD of N T2V samples vs N held-out clips (0: off; needs data.frames >= 9)
+    config.fvd_prompts = ()         # prompts of the FVD samples, cycled (empty: the validation prompts)
+    config.seed = 0                 # sample i uses noise seed seed + i, the same at every validation
+    config.num_steps = None         # sampling steps (None: config.sample.num_steps)
+    config.cfg_scale = None         # guidance (None: config.sample.cfg_scale)
+    config.grid_columns = 4         # cells per grid row
+    return config
+
+
+def validation_config(run_config) -> ml_collections.ConfigDict:
+    """The defaults updated with ``run_config.eval.validation`` when present (unknown keys are named)."""
+    config = default_validation_config()
+    overrides = (run_config.get("eval", None) or {}).get("validation", None) or {}
+    unknown = sorted(set(overrides) - set(config))
+    if unknown:
+        raise ValueError(f"config.eval.validation has unknown keys {unknown}; valid keys: {sorted(config)}")
+    config.update(dict(overrides))
+    return config
+
+
+def video_grid(videos_bthwc: np.ndarray, *, columns: int, pad: int = 2) -> np.ndarray:
+    """uint8 ``[n, frames, height, width, 3]`` -> one uint8 video ``[frames, rows * (height + pad) + pad,
+    columns * (width + pad) + pad, 3]``, cells in row-major order on a black background."""
+    n, t, h, w, c = videos_bthwc.shape
+    columns = max(1, min(columns, n))
+    rows = -(-n // columns)
+    grid = np.zeros((t, rows * (h + pad) + pad, columns * (w + pad) + pad, c), np.uint8)
+    for i, video in enumerate(videos_bthwc):
+        top, left = pad + (i // columns) * (h + pad), pad + (i % columns) * (w + pad)
+        grid[:, top:top + h, left:left + w] = video
+    return grid
+
+
+class Validator:
+    """Validation of one run: held-out clips loaded once, grids and metrics written by process 0.
+
+    ``mesh``/``rules``: the training mesh (FVD features are then sharded over its batch axes); None: all devices.
+    """
+
+    def __init__(self, run_config, workdir: str, sample_fn: SampleFn, *, metric_writer=None, mesh=None,
+                 rules=None):
+        self.config = validation_config(run_config)
+        self.every_steps = int(run_config.get("sample_every", 0) or 0)
+        self.mesh, self.rules = mesh, rules
+        self.fps = run_config.sample.fps
+        self.workdir = workdir
+        self.sample_fn = sample_fn
+        self.metric_writer = metric_writer
+        self.heldout = self._load_heldout(run_config)
+        self._tb = None
+
+    def _load_heldout(self, run_config) -> list[tuple[np.ndarray, str]]:
+        """``(clip uint8 [frames, h, w, 3], caption)`` of the held-out clips needed (TI2V images, FVD)."""
+        c = self.config
+        needed = max(c.ti2v_samples if c.heldout else 0, c.fvd_clips)
+        if not needed:
+            return []
+        if not c.heldout:
+            raise ValueError("config.eval.validation.fvd_clips > 0 needs config.eval.validation.heldout "
+                             "(a directory of held-out real clips)")
+        from stiv_jax.eval import clips as clips_lib
+        frames = int(run_config.data.frames)
+        if c.fvd_clips and frames < 9:
+            raise ValueError(f"config.eval.validation.fvd_clips needs clips of >= 9 frames for I3D (FVD uses 16); "
+                             f"config.data.frames={frames}")
+        windows = clips_lib.ClipWindows(num_frames=frames, frame_stride=int(run_config.data.get("frame_stride", 1)))
+        heldout = list(clips_lib.iter_captioned_clips(c.heldout, windows, max_clips=needed))
+        if c.fvd_clips and len(heldout) < max(2, c.fvd_clips):
+            raise ValueError(f"config.eval.validation.heldout={c.heldout!r} gave {len(heldout)} clips of {frames} "
+                             f"frames; fvd_clips={c.fvd_clips} needs that many (and at least 2)")
+        return heldout
+
+    def due(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def maybe_run(self, step: int, params) -> dict | None:
+        return self.run(step, params) if self.due(step) else None
+
+    def run(self, step: int, params) -> dict:
+        """Samples, writes grids, computes FVD if configured; returns ``{'validation/fvd': ...}`` (maybe empty)."""
+        c = self.config
+        sample = lambda prompts, **kw: np.asarray(self.sample_fn(params, prompts, **kw))  # noqa: E731
+        seeds = lambda n, offset=0: [int(c.seed) + offset + i for i in range(n)]  # noqa: E731
+        grids = {"t2v": sample(list(c.prompts), seeds=seeds(len(c.prompts)))}
+        ti2v = self.heldout[:c.ti2v_samples] if c.heldout else []
+        if ti2v:
+            grids["ti2v"] = sample([caption for _, caption in ti2v], seeds=seeds(len(ti2v), 1000),
+                                   first_frames=np.stack([_fit(clip[0], grids["t2v"].shape[2:4]) for clip, _ in ti2v]))
+        metrics = {}
+        if c.fvd_clips:
+            from stiv_jax.eval.fvd import fvd_of_clips
+            from stiv_jax.eval.i3d import shared_extractor
+            prompts = list(c.fvd_prompts or c.prompts)
+            fake = []
+            for start in range(0, c.fvd_clips, len(prompts)):
+                n = min(len(prompts), c.fvd_clips - start)
+                fake.extend(sample(prompts[:n], seeds=seeds(n, 2000 + start)))
+            real = [clip for clip, _ in self.heldout[:c.fvd_clips]]
+            extractor = shared_extractor(8, mesh=self.mesh, rules=self.rules)
+            metrics["validation/fvd"] = fvd_of_clips(real, fake, extractor=extractor)
+        if jax.process_index() == 0:
+            for name, videos in grids.items():
+                self._write_grid(step, name, video_grid(videos, columns=c.grid_columns))
+            if metrics and self.metric_writer is not None:
+                self.metric_writer.write(step, metrics)
+        return metrics
+
+    def _write_grid(self, step: int, name: str, grid_thwc: np.ndarray) -> None:
+        base = os.path.join(self.workdir, "validation", f"step_{step:08d}_{name}")
+        video_io.encode_mp4(grid_thwc, fps=self.fps, path=base + ".mp4")
+        video_io.write_gif(grid_thwc, base + ".gif", fps=self.fps)
+        with open(base + ".gif", "rb") as f:
+            gif = f.read()
+        from tensorboardX import FileWriter
+        from tensorboardX.summary import Summary
+        if self._tb is None:
+            self._tb = FileWriter(os.path.join(self.workdir, "tensorboard"), filename_suffix=".validation")
+        t, h, w, c = grid_thwc.shape
+        image = Summary.Image(height=h, width=w, colorspace=c, encoded_image_string=gif)
+        self._tb.add_summary(Summary(value=[Summary.Value(tag=f"validation/{name}", image=image)]), step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _fit(image_hwc: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """Center-crops to the aspect ratio of ``size_hw`` and resizes (bicubic): a held-out frame as a TI2V image."""
+    from PIL import Image
+    h, w = image_hwc.shape[:2]
+    th, tw = size_hw
+    scale = max(th / h, tw / w)
+    ch, cw = int(round(th / scale)), int(round(tw / scale))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = Image.fromarray(np.ascontiguousarray(image_hwc[top:top + ch, left:left + cw]))
+    return np.asarray(crop.resize((tw, th), Image.BICUBIC))
+
+
+_VALIDATORS: dict[str, Validator] = {}
+
+
+def run_validation(*, config, workdir: str, step: int, params, bundle, mesh=None, rules=None, writer=None) -> dict:
+    """Validates ``params`` at ``step`` (the caller decides when); the run's :class:`Validator` is built on the
+    first call and kept for the process. Returns the metrics written (``validation/fvd`` when configured)."""
+    validator = _VALIDATORS.get(workdir)
+    if validator is None:
+        validator = Validator(config, workdir, make_sample_fn(config, bundle), metric_writer=writer, mesh=mesh,
+                              rules=rules)
+        _VALIDATORS[workdir] = validator
+    return validator.run(step, params)
+
+
+def make_sample_fn(run_config, bundle) -> SampleFn:
+    """The run's sampler as a :data:`SampleFn` (``config.sample`` steps and guidance unless validation overrides).
+
+    T2V samples one prompt at a time so that each depends only on its own seed.
+    """
+    from stiv_jax.sampling.generate import generate
+    c = validation_config(run_config)
+    num_steps = c.num_steps or run_config.sample.num_steps
+    cfg_scale = run_config.sample.cfg_scale if c.cfg_scale is None else c.cfg_scale
+
+    def sample_fn(params, prompts, *, seeds, first_frames=None):
+        if first_frames is not None:
+            raise NotImplementedError("TI2V validation needs the TI2V sampler of stiv_jax.sampling (issue 5); "
+                                      "set config.eval.validation.ti2v_samples=0 until it lands")
+        return np.concatenate([generate(bundle, params, [p], num_steps=num_steps, cfg_scale=cfg_scale, seed=s)
+                               for p, s in zip(prompts, seeds)])
+    return sample_fn
