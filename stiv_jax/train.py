@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.data.pipeline import make_iterator
+from stiv_jax.launch import distributed
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.training import metrics as metrics_lib
 from stiv_jax.training import state as state_lib
@@ -88,6 +89,7 @@ def train(config, workdir: str) -> state_lib.TrainState:
 
 def main(argv):
     del argv
+    distributed.initialize()  # multi-process launches only; before anything touches a jax backend
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax and grain log every file at INFO
     train(flags.FLAGS.config, flags.FLAGS.workdir)

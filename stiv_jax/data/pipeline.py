@@ -1,87 +1,317 @@
-"""The grain training pipeline: ArrayRecord clip shards -> decoded, augmented, tokenized, batched numpy.
+"""The grain training pipeline: ArrayRecord shards -> decoded, augmented, bucketed, per-host numpy batches.
 
-Order: source -> per-host slice -> shuffle(seed) -> repeat -> decode (PyAV, only the needed frames) ->
-temporal sampling at a stride -> resize + crop (micro-conditions recorded) -> tokenize -> batch.
+Per source (video clips, images, or precomputed latents) and per bucket (``buckets.py``), a ``MapDataset``:
+
+  ArrayRecord source -> shuffle(seed) -> repeat -> per-host slice [process_index::process_count]
+    -> parse + bucket tag (metadata only) -> keep this bucket's records
+    -> decode (PyAV seeks to the clip, decodes only the needed frames) -> temporal stride + frame count
+    -> resize + random/center crop (micro-conditions recorded)
+  -> to_iter_dataset (threads) -> batch of the bucket's host batch size, dropping + counting corrupt records
+
+The per-(source, bucket) batch streams are mixed by weight with ``IterDataset.mix`` (deterministic, so every
+host picks the same bucket at the same step) and optionally run in worker processes (``mp_prefetch``). Batches
+ship uint8 pixels; normalisation happens on device (``stiv_jax.training.step.pixels_to_unit``). The
+``DataIterator`` on top tokenizes captions in the main process, counts skipped records, and checkpoints
+(``get_state``/``set_state``, saved by ``stiv_jax.checkpointing``) so a resumed run sees exactly the batches an
+uninterrupted one would. Per-host numpy batches become global arrays with
+``stiv_jax.parallel.mesh.host_to_global_batch``.
+
+Config (``config.data``): shards, kind (video|latent), batch_size, frames, frame_stride, resolution,
+random_crop, buckets, image_shards, image_weight, image_batch_size, image_buckets, num_threads, prefetch,
+num_workers, on_host_count_change (refuse|restart).
 """
 from __future__ import annotations
 
+import collections
 import glob
+import hashlib
+import json
 import os
 from typing import Callable
 
 import grain
 import numpy as np
-from absl import logging
+from absl import flags, logging
 
-from stiv_jax.data import schema, video_io
+from stiv_jax.data import buckets as buckets_lib
+from stiv_jax.data import decoders, schema
+from stiv_jax.data.buckets import Bucket
 
 Tokenizer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
+MAX_CONSECUTIVE_SKIPS = 1000   # a stream this corrupt is a configuration error, not bad luck
+SCAN_RECORDS = 2048            # records scanned at start-up to check every bucket has data
 
 
-def shard_paths(pattern: str) -> list[str]:
+def shard_paths(pattern: str, *, key: str = "config.data.shards") -> list[str]:
     """ArrayRecord shard files of a directory or glob, sorted; errors name the config key."""
     paths = sorted(glob.glob(os.path.join(pattern, "*.array_record")) if os.path.isdir(pattern)
                    else glob.glob(pattern))
     if not paths:
-        raise FileNotFoundError(f"config.data.shards={pattern!r} matches no .array_record files")
+        raise FileNotFoundError(f"{key}={pattern!r} matches no .array_record files")
     return paths
 
 
-class ClipDecoder:
-    """Turns one serialised clip record into training arrays (a grain ``RandomMap`` callable)."""
-
-    def __init__(self, data_config, tokenize: Tokenizer):
-        self.frames = data_config.frames
-        self.stride = data_config.frame_stride
-        self.resolution = data_config.resolution
-        self.random_crop = data_config.random_crop
-        self.tokenize = tokenize
-
-    def __call__(self, record_bytes: bytes, rng: np.random.Generator) -> dict:
-        record = schema.decode_record(record_bytes)
-        meta = record["meta"]
-        needed = (self.frames - 1) * self.stride + 1
-        available = int(meta["num_frames"])
-        if available < needed:
-            raise video_io.VideoDecodeError(f"clip of {meta['source']} has {available} frames, {needed} needed")
-        start = int(rng.integers(0, available - needed + 1)) if self.random_crop else (available - needed) // 2
-        h, w, res = int(meta["height"]), int(meta["width"]), self.resolution
-        scale = res / min(h, w)
-        rh, rw = max(res, int(round(h * scale))), max(res, int(round(w * scale)))
-        frames = video_io.decode_frames(record["video"], start_frame=start, num_frames=self.frames,
-                                        stride=self.stride, size=(rh, rw))
-        if self.random_crop:
-            top, left = int(rng.integers(0, rh - res + 1)), int(rng.integers(0, rw - res + 1))
-        else:
-            top, left = (rh - res) // 2, (rw - res) // 2
-        frames = frames[:, top:top + res, left:left + res]
-        ids, mask = self.tokenize([record["caption"]])
-        micro = np.array([h, w, top / scale, left / scale, self.stride, self.frames], np.float32)
-        return dict(video=frames, text_ids=ids[0], text_mask=mask[0], micro_conditions=micro)
+def open_source(pattern: str, *, key: str = "config.data.shards"):
+    """A random-access source of record bytes: ArrayRecord shards, or ``tfds:NAME[@DATA_DIR]`` (our builder)."""
+    if pattern.startswith("tfds:"):
+        from stiv_jax.data import tfds_builder
+        return tfds_builder.record_source(pattern[len("tfds:"):])
+    return grain.sources.ArrayRecordDataSource(shard_paths(pattern, key=key))
 
 
-def make_dataset(data_config, *, seed: int, tokenize: Tokenizer, process_index: int = 0,
-                 process_count: int = 1) -> grain.MapDataset:
-    """The per-host batched ``MapDataset`` (infinite).
+# ---------------------------------------------------------------------------------------------- batching
+class SkipAndBatch(grain.IterDataset):
+    """Stacks ``batch_size`` good examples; corrupt ones (``decoders.SKIPPED``) are dropped and listed in the
+    batch under ``"_skipped"`` (the ``DataIterator`` counts and logs them). Captions stay a list of str."""
 
-    ``config.data.batch_size`` is the global batch; each of ``process_count`` hosts yields its share
-    ``[batch_size / process_count, frames, resolution, resolution, 3]`` uint8 videos.
+    def __init__(self, parent: grain.IterDataset, batch_size: int, stream: str):
+        super().__init__(parent)
+        self.batch_size, self.stream = batch_size, stream
+
+    def __iter__(self):
+        return _SkipAndBatchIterator(self._parent.__iter__(), self.batch_size, self.stream)
+
+
+class _SkipAndBatchIterator(grain.DatasetIterator):
+    def __init__(self, parent, batch_size: int, stream: str):
+        super().__init__(parent)
+        self.batch_size, self.stream = batch_size, stream
+        self.shapes: dict | None = None
+
+    def __next__(self) -> dict:
+        examples, skipped, consecutive = [], [], 0
+        while len(examples) < self.batch_size:
+            example = next(self._parent)
+            if decoders.SKIPPED not in example:
+                shapes = {k: np.shape(v) for k, v in example.items() if k != "caption"}
+                self.shapes = self.shapes or shapes
+                if shapes == self.shapes:
+                    examples.append(example)
+                    consecutive = 0
+                    continue
+                example = {decoders.SKIPPED: f"record {int(example.get('record_id', -1))}: shapes {shapes} differ "
+                                             f"from the bucket's {self.shapes}"}
+            skipped.append(f"{self.stream}: {example[decoders.SKIPPED]}")
+            consecutive += 1
+            if consecutive >= MAX_CONSECUTIVE_SKIPS:
+                raise RuntimeError(f"data stream {self.stream}: {consecutive} consecutive records were corrupt or "
+                                   f"undecodable (last: {skipped[-1]}); check config.data shards")
+        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0] if k != "caption"}
+        batch["caption"] = [e["caption"] for e in examples]
+        batch["_skipped"] = skipped
+        return batch
+
+    def get_state(self):
+        return self._parent.get_state()
+
+    def set_state(self, state):
+        self._parent.set_state(state)
+
+
+# ---------------------------------------------------------------------------------------------- streams
+def _take_bucket(bucket_index: int):
+    # Unreadable records (-1) travel with bucket 0 so they are counted once.
+    return lambda tagged: tagged[0] == bucket_index or (bucket_index == 0 and tagged[0] == -1)
+
+
+def _unreadable_to_skip(decode):
+    def run(tagged, rng):
+        if tagged[0] == -1:
+            return {decoders.SKIPPED: f"record {tagged[1]}: unreadable or not a {decode.__class__.__name__} record"}
+        return decode(tagged, rng)
+    return run
+
+
+def scan_buckets(source, tagger: decoders.ParseAndTag, buckets: list[Bucket], *, what: str
+                 ) -> tuple[dict, dict[int, dict]]:
+    """Scans up to ``SCAN_RECORDS`` records: records per bucket, and (latent sources) each bucket's most common
+    tensor shapes. Raises if a bucket has no record and the scan saw every record."""
+    n = len(source)
+    ids = range(n) if n <= SCAN_RECORDS else np.linspace(0, n - 1, SCAN_RECORDS).astype(int)
+    counts = np.zeros(len(buckets) + 1, int)
+    shape_votes: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    for i in ids:
+        data = source[int(i)]
+        tag = tagger((int(i), data))[0]
+        counts[len(buckets) if tag is None or tag == -1 else tag] += 1
+        if tagger.kind == "latent" and tag is not None and tag >= 0:
+            shape_votes[tag][tuple(sorted(schema.latent_shapes(data).items()))] += 1
+    table = {b.name: int(c) for b, c in zip(buckets, counts)}
+    empty = [name for name, c in table.items() if c == 0]
+    if empty and n <= SCAN_RECORDS:
+        raise ValueError(f"{what}: no record fits buckets {empty} (records per bucket {table}, "
+                         f"{int(counts[-1])} fit none or are unreadable); change the buckets or the shards")
+    if empty:
+        logging.warning("%s: no record among %d scanned fits buckets %s", what, len(ids), empty)
+    shapes = {b: dict(votes.most_common(1)[0][0]) for b, votes in shape_votes.items()}
+    return table, shapes
+
+
+def bucket_streams(source, *, kind: str, buckets: list[Bucket], decode, stride: int, seed: int,
+                   process_index: int, process_count: int, read: grain.ReadOptions, name: str
+                   ) -> dict[str, tuple[grain.IterDataset, float]]:
+    """``{stream name: (batched IterDataset, weight)}`` for every bucket of one source."""
+    tagger = decoders.ParseAndTag(kind, buckets, stride)
+    table, shapes = scan_buckets(source, tagger, buckets, what=name)
+    if kind == "latent":
+        decode = decoders.LatentDecoder(buckets, shapes)
+    logging.info("data %s: records per bucket (scan) %s", name, table)
+    n = len(source)
+    base = grain.MapDataset.source(source).map_with_index(lambda i, data: (i % n, data))
+    base = base.shuffle(seed=seed % 2**32).repeat()[process_index::process_count].map(tagger)
+    streams = {}
+    for index, bucket in enumerate(buckets):
+        ds = base.filter(_take_bucket(index)).random_map(_unreadable_to_skip(decode), seed=seed % 2**32)
+        ds = SkipAndBatch(ds.to_iter_dataset(read), bucket.host_batch_size(process_count), f"{name}/{bucket.name}")
+        streams[f"{name}/{bucket.name}"] = (ds, bucket.weight)
+    return streams
+
+
+def make_dataset(data_config, *, seed: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+    """The per-host ``IterDataset`` of batches (infinite), before tokenization (captions are strings)."""
+    kind = data_config.get("kind", "video")
+    stride = int(data_config.frame_stride)
+    read = grain.ReadOptions(num_threads=int(data_config.get("num_threads", 2)),
+                             prefetch_buffer_size=int(data_config.get("prefetch", 4)))
+    common = dict(seed=seed, process_index=process_index, process_count=process_count, read=read)
+    image_weight = float(data_config.get("image_weight", 0.0) or 0.0)
+    if not 0.0 <= image_weight <= 1.0:
+        raise ValueError(f"config.data.image_weight={image_weight} must be in [0, 1]")
+    if image_weight > 0 and not data_config.get("image_shards", ""):
+        raise ValueError("config.data.image_weight > 0 needs config.data.image_shards")
+    if kind not in ("video", "latent"):
+        raise ValueError(f"config.data.kind={kind!r}; valid: video, latent")
+    streams = {}
+    if image_weight < 1.0:   # image_weight == 1: text-to-image only, config.data.shards is not read
+        video_buckets = buckets_lib.video_buckets(data_config)
+        decode = (decoders.ClipDecoder(video_buckets, stride=stride, random_crop=bool(data_config.random_crop))
+                  if kind == "video" else None)
+        streams = bucket_streams(open_source(data_config.shards), kind="clip" if kind == "video" else "latent",
+                                 buckets=video_buckets, decode=decode, stride=stride, name=kind, **common)
+    if image_weight > 0:
+        image_buckets = buckets_lib.image_buckets(data_config)
+        decode = decoders.ImageDecoder(image_buckets, random_crop=bool(data_config.random_crop))
+        images = bucket_streams(open_source(data_config.image_shards, key="config.data.image_shards"),
+                                kind="image", buckets=image_buckets, decode=decode, stride=1, name="image",
+                                seed=seed + 1, **{k: v for k, v in common.items() if k != "seed"})
+        streams = _reweight(streams, 1.0 - image_weight) | _reweight(images, image_weight) if streams else images
+    if len(streams) == 1:
+        ds = next(iter(streams.values()))[0]
+    else:
+        ds = grain.IterDataset.mix({k: v[0] for k, v in streams.items()}, {k: v[1] for k, v in streams.items()})
+    workers = int(data_config.get("num_workers", 0) or 0)
+    if workers > 0:
+        if not flags.FLAGS.is_parsed():   # grain workers read absl flags; library callers may not have parsed them
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
+                                                         per_worker_buffer_size=int(data_config.get("prefetch", 4))))
+    return ds
+
+
+def _reweight(streams: dict, total: float) -> dict:
+    norm = sum(w for _, w in streams.values())
+    return {k: (ds, total * w / norm) for k, (ds, w) in streams.items()}
+
+
+def fingerprint(data_config, seed: int) -> str:
+    """What must match for a saved iterator state to mean the same batches (sources, buckets, seed...)."""
+    keys = ("shards", "kind", "frames", "frame_stride", "resolution", "random_crop", "buckets", "batch_size",
+            "image_shards", "image_weight", "image_batch_size", "image_buckets", "num_workers")
+    described = {k: str(data_config.get(k, None)) for k in keys}
+    described["seed"] = seed
+    return hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------- iterator
+class DataIterator(grain.DatasetIterator):
+    """Host batches with token ids, a skipped-record count, and a checkpointable state.
+
+    ``get_state()`` = the grain pipeline state plus ``process_count``, a config fingerprint and counters;
+    ``set_state`` refuses a state from another host count or data config with an error naming what differs
+    (``config.data.on_host_count_change="restart"`` instead starts a fresh data order seeded by the restored
+    batch count, logging a warning).
     """
-    if data_config.batch_size % process_count:
-        raise ValueError(f"config.data.batch_size={data_config.batch_size} is not divisible by "
-                         f"{process_count} processes")
-    source = grain.sources.ArrayRecordDataSource(shard_paths(data_config.shards))
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    ds = ds.shuffle(seed=seed).repeat()
-    ds = ds.random_map(ClipDecoder(data_config, tokenize), seed=seed)
-    return ds.batch(data_config.batch_size // process_count, drop_remainder=True)
+
+    def __init__(self, data_config, *, seed: int, tokenize: Tokenizer | None, process_index: int = 0,
+                 process_count: int = 1):
+        self.data_config, self.seed, self.tokenize = data_config, seed, tokenize
+        self.process_index, self.process_count = process_index, process_count
+        self.fingerprint = fingerprint(data_config, seed)
+        self.batches = 0
+        self.skipped_records = 0
+        self.reseeds = 0
+        self._inner = iter(make_dataset(data_config, seed=seed, process_index=process_index,
+                                        process_count=process_count))
+        super().__init__(self._inner)
+
+    def __next__(self) -> dict:
+        batch = next(self._inner)
+        for why in batch.pop("_skipped"):
+            self.skipped_records += 1
+            logging.warning("data: skipped corrupt record (%d so far): %s", self.skipped_records, why)
+        captions = batch.pop("caption")
+        if self.tokenize is not None and "text_embeddings" not in batch:
+            ids, mask = self.tokenize(list(captions))
+            batch["text_ids"], batch["text_mask"] = np.asarray(ids), np.asarray(mask)
+        self.batches += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return dict(pipeline=self._inner.get_state(), process_index=self.process_index,
+                    process_count=self.process_count, fingerprint=self.fingerprint, batches=self.batches,
+                    skipped_records=self.skipped_records, reseeds=self.reseeds)
+
+    def set_state(self, state: dict) -> None:
+        saved_count = state.get("process_count")
+        problem = None
+        if saved_count != self.process_count:
+            problem = (f"the data iterator state was saved by {saved_count} processes but this run has "
+                       f"{self.process_count}")
+        elif state.get("fingerprint") != self.fingerprint:
+            problem = ("the data iterator state was saved with a different config.data (shards, buckets, batch "
+                       "sizes, workers) or seed")
+        if problem is None:
+            self._inner.set_state(state["pipeline"])
+        elif self.data_config.get("on_host_count_change", "refuse") == "restart" and saved_count != self.process_count:
+            self.reseeds = int(state.get("reseeds", 0)) + 1
+            new_seed = (self.seed * 1_000_003 + int(state.get("batches", 0)) + self.reseeds) % 2**32
+            logging.warning("%s: starting a fresh data order with seed %d (config.data.on_host_count_change="
+                            "'restart')", problem, new_seed)
+            self.close()
+            self._inner = iter(make_dataset(self.data_config, seed=new_seed, process_index=self.process_index,
+                                            process_count=self.process_count))
+            self._parents = (self._inner,)
+        else:
+            raise ValueError(f"{problem}: resume with the same hosts and config.data, or set "
+                             f"config.data.on_host_count_change='restart' to continue with a fresh data order")
+        self.batches = int(state.get("batches", 0))
+        self.skipped_records = int(state.get("skipped_records", 0))
+
+    def close(self) -> None:
+        closer = getattr(self._inner, "close", None)
+        if closer is not None:
+            closer()
 
 
-def make_iterator(data_config, *, seed: int, tokenize: Tokenizer, process_index: int = 0,
-                  process_count: int = 1) -> grain.DatasetIterator:
-    """A checkpointable iterator (``get_state`` / ``set_state``) over host batches, with thread prefetch."""
-    ds = make_dataset(data_config, seed=seed, tokenize=tokenize, process_index=process_index,
-                      process_count=process_count)
-    read = grain.ReadOptions(num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch)
-    logging.info("data: %s, batch %d", data_config.shards, data_config.batch_size)
-    return iter(ds.to_iter_dataset(read))
+def check_saved_host_count(data_iter_dir: str, process_count: int) -> None:
+    """Raises a clear error when the grain state files in a checkpoint's ``data_iter`` directory were written by
+    another number of processes (grain names them ``process_<i>-of-<n>.json``)."""
+    names = [n for n in os.listdir(data_iter_dir) if n.startswith("process_") and n.endswith(".json")]
+    counts = {int(n[:-5].split("-of-")[1]) for n in names}
+    if names and process_count not in counts:
+        raise ValueError(f"the data iterator in {data_iter_dir} was saved by {sorted(counts)} processes but this "
+                         f"run has {process_count}: resume on {sorted(counts)} hosts, or set "
+                         f"config.data.on_host_count_change='restart' and restore without the data_iter item")
+
+
+def make_iterator(data_config, *, seed: int, tokenize: Tokenizer | None, process_index: int = 0,
+                  process_count: int = 1) -> DataIterator:
+    """A checkpointable iterator over this host's batches (see ``DataIterator``)."""
+    logging.info("data: %s (%s), buckets %s", data_config.shards, data_config.get("kind", "video"),
+                 [b.name for b in buckets_lib.video_buckets(data_config)])
+    return DataIterator(data_config, seed=seed, tokenize=tokenize, process_index=process_index,
+                        process_count=process_count)
+
+
+__all__ = ["Bucket", "DataIterator", "make_dataset", "make_iterator", "shard_paths", "schema",
+           "check_saved_host_count"]

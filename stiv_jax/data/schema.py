@@ -1,32 +1,194 @@
-"""The clip record stored in ArrayRecord shards (schema version 1).
+"""The records stored in ArrayRecord shards: clips, images and precomputed latents (the single definition).
 
-A record is a msgpack map:
-  version  int    schema version (1)
-  video    bytes  the clip as an H.264 mp4 (only the clip's frames, re-encoded)
+Every record is a msgpack map with ``version`` (int) and ``kind`` (str). Readers refuse versions they do not
+know, by name. Three kinds:
+
+**clip** (``CLIP_VERSION`` = 2; version 1, the skeleton's, is still read) - a video clip for pixel training:
+  version  int    2
+  kind     str    "clip"
+  video    bytes  the clip alone as an H.264 mp4 (re-encoded; frame 0 is the clip's first frame)
   caption  str    the text prompt
-  meta     map    source (str), start_sec, end_sec, fps, width, height, num_frames, duration (float/int),
-                  motion_score (float, mean absolute frame difference in [0, 255])
+  meta     map    CLIP_META_FIELDS:
+             source        str    input file name (basename)
+             start_sec     float  clip start in the source video
+             end_sec       float  clip end (exclusive) in the source video
+             start_frame   int    first source frame index (version 2)
+             scene_index   int    which detected scene of the source the clip lies in (version 2)
+             fps           float  frames per second of the clip
+             width, height int    stored clip size in pixels
+             num_frames    int    frames stored
+             duration      float  num_frames / fps seconds
+             motion_score  float  mean absolute difference of consecutive frames, in [0, 255]
+
+**image** (``IMAGE_VERSION`` = 1) - a still image for text-to-image training:
+  kind "image", image (bytes, PNG or JPEG), caption (str), meta {source, width, height}.
+
+**latent** (``LATENT_VERSION`` = 1) - precomputed VAE latents and text embeddings (written by the encoder job,
+``stiv_jax/data/encode.py``), read by the latent training path instead of pixels:
+  kind     str    "latent"
+  caption  str
+  tensors  map    name -> {"shape": [int, ...], "dtype": str, "data": bytes (C order, host byte order = little endian)}
+             video_latents        required  [latent_frames, latent_height, latent_width, latent_channels]
+             text_embeddings      optional  [text_length, text_dim]
+             text_mask            optional  [text_length] bool
+             pooled_text          optional  [text_dim]
+             first_frame_latents  optional  [1, latent_height, latent_width, latent_channels] (TI2V)
+  meta     map    LATENT_META_FIELDS: source, start_sec, end_sec, fps, the encoded pixel clip's num_frames,
+                  height, width, frame_stride, and latent_space (str, which VAE made the latents); any extra
+                  fields (e.g. crop offsets, text_encoder) are kept.
+dtypes are numpy names: float32, float16, bfloat16 (via ml_dtypes), int32, int64, uint8, bool.
 """
 from __future__ import annotations
 
+from typing import Mapping
+
+import ml_dtypes
 import msgpack
+import numpy as np
 
-SCHEMA_VERSION = 1
-META_FIELDS = ("source", "start_sec", "end_sec", "fps", "width", "height", "num_frames", "duration", "motion_score")
+CLIP_VERSION = 2
+IMAGE_VERSION = 1
+LATENT_VERSION = 1
+SCHEMA_VERSION = CLIP_VERSION  # the skeleton's name for the clip version
+
+CLIP_META_FIELDS = ("source", "start_sec", "end_sec", "start_frame", "scene_index", "fps", "width", "height",
+                    "num_frames", "duration", "motion_score")
+CLIP_V1_META_FIELDS = ("source", "start_sec", "end_sec", "fps", "width", "height", "num_frames", "duration",
+                       "motion_score")
+META_FIELDS = CLIP_META_FIELDS
+IMAGE_META_FIELDS = ("source", "width", "height")
+LATENT_META_FIELDS = ("source", "start_sec", "end_sec", "fps", "num_frames", "height", "width", "frame_stride",
+                      "latent_space")
+LATENT_TENSORS_REQUIRED = ("video_latents",)
+LATENT_TENSORS_OPTIONAL = ("text_embeddings", "text_mask", "pooled_text", "first_frame_latents")
+LATENT_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16,
+                 "int32": np.int32, "int64": np.int64, "uint8": np.uint8, "bool": np.bool_}
 
 
-def encode_record(*, video: bytes, caption: str, meta: dict) -> bytes:
-    """Serialises one clip record; ``meta`` must hold every field of ``META_FIELDS``."""
-    missing = [k for k in META_FIELDS if k not in meta]
+class RecordError(ValueError):
+    """A record is not a valid record of the expected kind/version (corrupt or from other code)."""
+
+
+def _check_meta(meta: Mapping, fields: tuple[str, ...], what: str) -> None:
+    missing = [k for k in fields if k not in meta]
     if missing:
-        raise ValueError(f"clip metadata lacks fields {missing}")
-    return msgpack.packb({"version": SCHEMA_VERSION, "video": video, "caption": caption, "meta": meta},
-                         use_bin_type=True)
+        raise ValueError(f"{what} metadata lacks fields {missing}")
+
+
+def _pack(record: dict) -> bytes:
+    return msgpack.packb(record, use_bin_type=True)
+
+
+def _unpack(data: bytes) -> dict:
+    try:
+        record = msgpack.unpackb(data, raw=False)
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as e:
+        raise RecordError(f"record of {len(data)} bytes is not msgpack: {e}") from e
+    if not isinstance(record, dict) or "version" not in record:
+        raise RecordError("record is not a versioned msgpack map")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- clips
+def encode_record(*, video: bytes, caption: str, meta: Mapping) -> bytes:
+    """Serialises one clip record; ``meta`` must hold every field of ``CLIP_META_FIELDS``."""
+    _check_meta(meta, CLIP_META_FIELDS, "clip")
+    return _pack({"version": CLIP_VERSION, "kind": "clip", "video": video, "caption": caption, "meta": dict(meta)})
 
 
 def decode_record(data: bytes) -> dict:
-    """Parses a record, refusing other schema versions by name."""
-    record = msgpack.unpackb(data, raw=False)
-    if record.get("version") != SCHEMA_VERSION:
-        raise ValueError(f"clip record has schema version {record.get('version')}, this code reads {SCHEMA_VERSION}")
+    """Parses a clip record (version 1 or 2) into ``{version, kind, video, caption, meta}``."""
+    record = _unpack(data)
+    kind = record.get("kind", "clip")
+    if kind != "clip":
+        raise RecordError(f"expected a clip record, got kind {kind!r}")
+    version = record["version"]
+    if version not in (1, CLIP_VERSION):
+        raise RecordError(f"clip record has schema version {version}, this code reads 1 and {CLIP_VERSION}")
+    meta = record.get("meta", {})
+    _check_meta(meta, CLIP_META_FIELDS if version == CLIP_VERSION else CLIP_V1_META_FIELDS, "clip")
+    if version == 1:
+        meta.setdefault("start_frame", int(round(meta["start_sec"] * meta["fps"])))
+        meta.setdefault("scene_index", 0)
+    record["kind"] = "clip"
     return record
+
+
+# ---------------------------------------------------------------------------------------------- images
+def encode_image_record(*, image: bytes, caption: str, meta: Mapping) -> bytes:
+    """Serialises one image record (``image`` is PNG or JPEG bytes)."""
+    _check_meta(meta, IMAGE_META_FIELDS, "image")
+    return _pack({"version": IMAGE_VERSION, "kind": "image", "image": image, "caption": caption,
+                  "meta": dict(meta)})
+
+
+def decode_image_record(data: bytes) -> dict:
+    record = _unpack(data)
+    if record.get("kind") != "image" or record["version"] != IMAGE_VERSION:
+        raise RecordError(f"expected an image record version {IMAGE_VERSION}, got kind {record.get('kind')!r} "
+                          f"version {record['version']}")
+    _check_meta(record.get("meta", {}), IMAGE_META_FIELDS, "image")
+    return record
+
+
+# ---------------------------------------------------------------------------------------------- latents
+def encode_tensor(array: np.ndarray) -> dict:
+    """``{"shape", "dtype", "data"}`` of one array (dtype must be one of ``LATENT_DTYPES``)."""
+    array = np.ascontiguousarray(array)
+    dtype = array.dtype.name
+    if dtype not in LATENT_DTYPES:
+        raise ValueError(f"tensor dtype {dtype} is not storable; use one of {sorted(LATENT_DTYPES)}")
+    return {"shape": list(array.shape), "dtype": dtype, "data": array.tobytes()}
+
+
+def decode_tensor(entry: Mapping, name: str = "tensor") -> np.ndarray:
+    """The array of an ``encode_tensor`` entry; a size mismatch raises ``RecordError`` naming the tensor."""
+    dtype = LATENT_DTYPES.get(entry.get("dtype"))
+    if dtype is None:
+        raise RecordError(f"{name}: unknown dtype {entry.get('dtype')!r}; known {sorted(LATENT_DTYPES)}")
+    shape = tuple(int(s) for s in entry["shape"])
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if len(entry["data"]) != expected:
+        raise RecordError(f"{name}: {len(entry['data'])} bytes for shape {shape} {entry['dtype']} "
+                          f"({expected} expected)")
+    return np.frombuffer(entry["data"], dtype=dtype).reshape(shape)
+
+
+def encode_latent_record(*, tensors: Mapping[str, np.ndarray], caption: str, meta: Mapping) -> bytes:
+    """Serialises precomputed latents (see the module docstring for tensor names and shapes)."""
+    _check_meta(meta, LATENT_META_FIELDS, "latent")
+    missing = [k for k in LATENT_TENSORS_REQUIRED if k not in tensors]
+    unknown = [k for k in tensors if k not in LATENT_TENSORS_REQUIRED + LATENT_TENSORS_OPTIONAL]
+    if missing or unknown:
+        raise ValueError(f"latent record tensors: missing {missing}, unknown {unknown}; known "
+                         f"{LATENT_TENSORS_REQUIRED + LATENT_TENSORS_OPTIONAL}")
+    if np.ndim(tensors["video_latents"]) != 4:
+        raise ValueError(f"video_latents must be [frames, height, width, channels], got shape "
+                         f"{np.shape(tensors['video_latents'])}")
+    return _pack({"version": LATENT_VERSION, "kind": "latent", "caption": caption, "meta": dict(meta),
+                  "tensors": {k: encode_tensor(np.asarray(v)) for k, v in tensors.items()}})
+
+
+def decode_latent_record(data: bytes) -> dict:
+    """``{version, kind, caption, meta, tensors: {name: np.ndarray}}`` of a latent record."""
+    record = _unpack(data)
+    if record.get("kind") != "latent" or record["version"] != LATENT_VERSION:
+        raise RecordError(f"expected a latent record version {LATENT_VERSION}, got kind {record.get('kind')!r} "
+                          f"version {record['version']}")
+    _check_meta(record.get("meta", {}), LATENT_META_FIELDS, "latent")
+    record["tensors"] = {k: decode_tensor(v, k) for k, v in record.get("tensors", {}).items()}
+    if "video_latents" not in record["tensors"]:
+        raise RecordError("latent record has no video_latents")
+    return record
+
+
+def latent_shapes(data: bytes) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a latent record, without decoding the tensors."""
+    record = _unpack(data)
+    return {k: tuple(int(s) for s in v["shape"]) for k, v in record.get("tensors", {}).items()}
+
+
+def record_kind(data: bytes) -> tuple[str, dict]:
+    """``(kind, meta)`` of any record without decoding its payload."""
+    record = _unpack(data)
+    return record.get("kind", "clip"), record.get("meta", {})

@@ -30,8 +30,11 @@ def probe(source) -> dict:
 
 
 def decode_frames(source, *, start_frame: int = 0, num_frames: int | None = None, stride: int = 1,
-                  size: tuple[int, int] | None = None) -> np.ndarray:
+                  size: tuple[int, int] | None = None, threads: int = 0) -> np.ndarray:
     """Decodes frames ``start_frame, start_frame + stride, ...`` as uint8 ``[frames, height, width, 3]``.
+
+    Seeks to the keyframe at or before ``start_frame`` (when the stream has timestamps) and stops decoding once
+    ``num_frames`` frames are kept, so only the frames a clip needs are decoded.
 
     Args:
       source: a file path or the encoded bytes.
@@ -39,6 +42,7 @@ def decode_frames(source, *, start_frame: int = 0, num_frames: int | None = None
       num_frames: how many frames to keep (None: until the end).
       stride: keep one of every ``stride`` frames.
       size: optional ``(height, width)`` to resize to (bilinear, FFmpeg's scaler).
+      threads: FFmpeg decoder threads (0: FFmpeg picks; 1 for one core per worker process).
 
     Raises:
       VideoDecodeError: the video is corrupt, truncated or has fewer frames than requested.
@@ -47,22 +51,67 @@ def decode_frames(source, *, start_frame: int = 0, num_frames: int | None = None
     try:
         with av.open(_as_file(source)) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            for index, frame in enumerate(container.decode(stream)):
+            if threads == 1:
+                stream.thread_type, stream.thread_count = "NONE", 1
+            else:
+                stream.thread_type, stream.thread_count = "AUTO", threads
+            index_of = _seek(container, stream, start_frame)
+            for position, frame in enumerate(container.decode(stream)):
+                index = index_of(frame, position)
                 if index < start_frame or (index - start_frame) % stride:
                     continue
-                if size is not None:
-                    frame = frame.reformat(width=size[1], height=size[0], format="rgb24")
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.append(_to_rgb(frame, size))
                 if num_frames is not None and len(frames) == num_frames:
                     break
-    except (av.error.FFmpegError, OSError, ValueError) as e:
+    except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
         raise VideoDecodeError(f"cannot decode video {_name(source)}: {e}") from e
     if not frames or (num_frames is not None and len(frames) < num_frames):
         raise VideoDecodeError(
             f"video {_name(source)} gave {len(frames)} frames from frame {start_frame} at stride {stride}, "
             f"{num_frames} needed")
     return np.stack(frames)
+
+
+def iter_frames(source, *, size: tuple[int, int] | None = None, pixel_format: str = "rgb24"):
+    """Yields every frame as uint8 ``[height, width, 3]`` (``size`` = optional ``(height, width)``).
+
+    Raises ``VideoDecodeError`` when the container or a packet is corrupt (after yielding the good frames).
+    """
+    try:
+        with av.open(_as_file(source)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                if size is not None:
+                    frame = frame.reformat(width=size[1], height=size[0], format=pixel_format)
+                yield frame.to_ndarray(format=pixel_format)
+    except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
+        raise VideoDecodeError(f"cannot decode video {_name(source)}: {e}") from e
+
+
+def _to_rgb(frame, size):
+    if size is not None:
+        frame = frame.reformat(width=size[1], height=size[0], format="rgb24")
+    return frame.to_ndarray(format="rgb24")
+
+
+def _seek(container, stream, start_frame: int):
+    """Seeks near ``start_frame``; returns ``index_of(frame, position)`` giving each decoded frame's index."""
+    rate = stream.average_rate or stream.guessed_rate
+    time_base = stream.time_base
+    first_pts = stream.start_time or 0
+    if start_frame <= 0 or not rate or time_base is None:
+        return lambda frame, position: position
+
+    def from_pts(frame, position):
+        if frame.pts is None:
+            raise ValueError("frame without timestamp after a seek")
+        return int(round(float((frame.pts - first_pts) * time_base * rate)))
+
+    # Aim half a frame early so rounding never skips the keyframe that holds start_frame.
+    target = first_pts + int((start_frame - 0.5) / (rate * time_base))
+    container.seek(max(first_pts, target), stream=stream, backward=True, any_frame=False)
+    return from_pts
 
 
 def encode_mp4(frames: np.ndarray, *, fps: float, path: str | None = None, crf: int = 18) -> bytes:

@@ -1,1 +1,1 @@
-"""Text encoders and latent spaces (pixel space, VAE)."""
+"""Text encoders (token embedding, CLIP, T5, BERT) and latent spaces (pixel space, VAE) with public-format loaders."""

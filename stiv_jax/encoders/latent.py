@@ -35,8 +35,23 @@ class PixelSpace:
 
 
 def build_latent_space(latent_config):
-    """The latent space named by ``config.latent.kind``."""
+    """The latent space named by ``config.latent.kind``.
+
+    ``pixels``: ``PixelSpace(factor)``. ``vae``: a frozen diffusers AutoencoderKL loaded from the local directory
+    ``config.latent.path``, processing ``config.latent.frame_chunk`` frames at a time; ``config.latent.factor``
+    must equal its spatial compression (8 for every public AutoencoderKL).
+    """
     kind = latent_config.kind
     if kind == "pixels":
         return PixelSpace(factor=latent_config.factor)
-    raise ValueError(f"config.latent.kind={kind!r} is not known; valid kinds: ['pixels']")
+    if kind == "vae":
+        from stiv_jax.encoders.vae_space import load_vae_space
+        if not latent_config.get("path", ""):
+            raise ValueError("config.latent.path is empty: latent.kind='vae' needs a diffusers AutoencoderKL "
+                             "directory (config.json + diffusion_pytorch_model.safetensors).")
+        space = load_vae_space(latent_config.path, frame_chunk=int(latent_config.get("frame_chunk", 16)))
+        if latent_config.get("factor", space.factor) != space.factor:
+            raise ValueError(f"config.latent.factor={latent_config.factor} but the VAE at {latent_config.path!r} "
+                             f"compresses by {space.factor}; set config.latent.factor={space.factor}.")
+        return space
+    raise ValueError(f"config.latent.kind={kind!r} is not known; valid kinds: ['pixels', 'vae']")

@@ -1,4 +1,8 @@
-"""Typed model configuration, built from the ``config.model`` ml-collections block."""
+"""Typed model configuration, built from the ``config.model`` ml-collections block.
+
+Every component of the STIV DiT (``../shared/STIV_SPEC.md`` sections 2-3) is a field here. Defaults follow the
+paper where it is explicit and the spec's INFERRED choices elsewhere.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,40 +10,123 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from stiv_jax.model.sizes import size_fields
+
+ATTENTION_LAYOUTS = ("factorized", "full3d")
+ADALN_MODES = ("shared", "per_block")
+ATTENTION_IMPLS = ("xla", "dot_product", "splash")
+REMAT_POLICIES = ("none", "full", "dots", "self_attention")
+# The order of the six micro-conditions; the data pipeline yields them as float32 [batch, 6].
+MICRO_CONDITIONS = ("orig_height", "orig_width", "crop_top", "crop_left", "frame_stride", "num_frames")
+
 
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
-    """Hyper-parameters of the STIV DiT (``../shared/STIV_SPEC.md`` sections 2-3)."""
+    """Hyper-parameters of the STIV DiT."""
 
-    depth: int = 4                  # STIV blocks (Tab. 1: XL 28, XXL 38, M 46)
+    # --- size (Tab. 1); ``size`` fills depth/width/num_heads, explicit fields override it ---
+    size: str = ""                  # "", XL, XXL, M, tiny, small (stiv_jax/model/sizes.py)
+    depth: int = 4                  # STIV blocks before un-masking (Tab. 1: XL 28, XXL 38, M 46)
     width: int = 128                # hidden size d (XL 1152, XXL 1536, M 3072)
     num_heads: int = 4              # attention heads; head_dim = width // num_heads (64 in the paper)
-    mlp_ratio: float = 4.0          # FFN hidden = mlp_ratio * width (INFERRED 4)
+    mlp_ratio: float = 4.0          # FFN hidden = mlp_ratio * width, GELU (INFERRED 4)
+    # --- patches and io ---
     patch_size: int = 2             # spatial patch p (INFERRED 2)
-    temporal_patch: int = 1         # temporal patch (paper video models: 2; T2I: 1)
-    latent_channels: int = 4        # channels of the latent video
-    text_dim: int = 128             # width of the text encoder's sequence / pooled output
-    qk_norm: bool = True            # RMSNorm on queries and keys, per head
+    temporal_patch: int = 1         # temporal patch: 1 (T2I, Fig. 6a best), 2 (paper video models) or 4
+    latent_channels: int = 4        # channels of the latent video (filled from config.latent)
+    text_dim: int = 128             # width of the text encoder's outputs (filled from config.text)
+    # --- block structure ---
+    attention_layout: str = "factorized"  # factorized: spatial SA -> temporal SA; full3d: one SA over T*H*W
+    temporal_attention: bool = True # False: the T2I model (no temporal SA parameters)
+    causal_temporal: bool = False   # causal temporal attention (Fig. 6a: worse, 74.30 vs 78.25)
+    qk_norm: bool = True            # RMSNorm per head on self-attention queries and keys
+    cross_attn_qk_norm: bool = True # the same on cross-attention (open question 5)
+    sandwich_norm: bool = True      # stateless LN after each sub-layer as well as before
+    # --- conditioning ---
+    condition_norm: bool = True     # stateless LN on each singleton embedding before the sum (Tab. 2)
+    adaln: str = "shared"           # shared: one Linear(d -> 6d) for all blocks; per_block: one per block
+    temporal_adaln: bool = False    # shift/scale/gate on temporal SA too (Fig. 6a: slightly worse)
+    adaln_zero: bool = True         # zero-init the AdaLN linears so every gate starts at 0
+    zero_init_temporal_out: bool = True  # zero-init temporal SA's output projection: T2V == T2I at step 0
+    micro_conditions: bool = True   # embed MICRO_CONDITIONS into the singleton condition
+    frequency_dim: int = 256        # sinusoid width of the timestep and micro-condition embeddings
+    timestep_scale: float = 1000.0  # t in [0, 1] is multiplied by this before the sinusoid
+    # --- rotary positions ---
     rope_theta: float = 10000.0     # RoPE base (not stated in the paper; 1e4 assumed)
-    dtype: str = "float32"          # compute dtype of matmuls
+    rope_spatial_scale: float = 1.0  # position multiplier: old_grid / new_grid when raising resolution
+    rope_temporal_scale: float = 1.0  # the same for duration (20 -> 40 frames: 0.5)
+    # --- MaskDiT ---
+    mask_ratio: float = 0.0         # fraction of spatial positions dropped in training (paper: 0.5)
+    decoder_depth: int = 2          # STIV blocks after un-masking, over all tokens (paper: 2)
+    # --- scale ---
+    scan_layers: bool = False       # nn.scan over blocks (params gain a leading `layers` axis)
+    remat_policy: str = "none"      # none | full | dots | self_attention (paper: save only SA outputs)
+    attention_impl: str = "xla"     # xla (einsum) | dot_product (jax.nn, cuDNN on GPU) | splash (TPU Pallas)
+    splash_block_q: int = 512       # splash attention block sizes (sequence lengths must be multiples)
+    splash_block_kv: int = 512
+    splash_block_kv_compute: int = 512
+    splash_interpret: bool = False  # run the splash kernel in Pallas interpret mode (CPU testing only)
+    norm_eps: float = 1e-6          # stateless LayerNorm / RMSNorm epsilon (computed in float32)
+    dtype: str = "float32"          # compute dtype of matmuls (bfloat16 on TPU)
     param_dtype: str = "float32"    # parameter dtype
 
     @classmethod
     def from_config(cls, model_config: Any) -> "DiTConfig":
-        """Builds from a ConfigDict / dict, naming any key that is not a model hyper-parameter."""
+        """Builds from a ConfigDict / dict, naming any key that is not a model hyper-parameter.
+
+        ``size`` supplies depth/width/num_heads; keys given explicitly override it.
+        """
         values = dict(model_config)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"config.model has unknown keys {unknown}; valid keys: {sorted(names)}")
+        if values.get("size"):
+            values = {**size_fields(values["size"]), **values}
         config = cls(**values)
-        if config.width % config.num_heads:
-            raise ValueError(f"config.model.width={config.width} is not divisible by num_heads={config.num_heads}")
+        config.validate()
         return config
+
+    def validate(self) -> None:
+        """Raises ``ValueError`` naming the ``config.model`` key to change."""
+        choices = [("attention_layout", ATTENTION_LAYOUTS), ("adaln", ADALN_MODES),
+                   ("attention_impl", ATTENTION_IMPLS), ("remat_policy", REMAT_POLICIES)]
+        for key, valid in choices:
+            if getattr(self, key) not in valid:
+                raise ValueError(f"config.model.{key}={getattr(self, key)!r}; valid: {valid}")
+        if self.width % self.num_heads:
+            raise ValueError(f"config.model.width={self.width} is not divisible by num_heads={self.num_heads}")
+        if self.head_dim % 4:
+            raise ValueError(f"head_dim={self.head_dim} (width / num_heads) must be a multiple of 4 for 2D RoPE")
+        if self.attention_layout == "full3d" and self.head_dim < 12:
+            raise ValueError(f"head_dim={self.head_dim} is too small for 3D RoPE; use at least 12")
+        if self.temporal_patch not in (1, 2, 4):
+            raise ValueError(f"config.model.temporal_patch={self.temporal_patch}; valid: 1, 2, 4")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"config.model.mask_ratio={self.mask_ratio} must be in [0, 1)")
+        if self.mask_ratio > 0 and self.decoder_depth < 1:
+            raise ValueError("config.model.mask_ratio > 0 needs config.model.decoder_depth >= 1 "
+                             "(blocks over all tokens after un-masking)")
+        if self.depth < 1 or self.decoder_depth < 0:
+            raise ValueError(f"config.model.depth={self.depth} must be >= 1, decoder_depth >= 0")
 
     @property
     def head_dim(self) -> int:
         return self.width // self.num_heads
+
+    @property
+    def mlp_dim(self) -> int:
+        return int(self.mlp_ratio * self.width)
+
+    @property
+    def has_temporal_attention(self) -> bool:
+        """Whether blocks hold a separate temporal SA (factorized layout with temporal attention on)."""
+        return self.attention_layout == "factorized" and self.temporal_attention
+
+    @property
+    def num_modulations(self) -> int:
+        """AdaLN outputs per block: shift/scale/gate for (self-)attention and FFN, plus 3 for temporal SA."""
+        return 9 if (self.has_temporal_attention and self.temporal_adaln) else 6
 
     @property
     def compute_dtype(self):

@@ -1,12 +1,16 @@
 """Building blocks of the STIV DiT: stateless norms, attention with QK-norm and RoPE, FFN, modulation."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax.ad_checkpoint import checkpoint_name
+
+from stiv_jax.model.attention_kernels import attention
 from stiv_jax.model.config import DiTConfig
 from stiv_jax.model.rope import apply_rotary
 from stiv_jax.parallel.mesh import shard_logical
@@ -84,30 +88,43 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     """Multi-head attention with optional QK RMSNorm and RoPE.
 
-    Queries come from ``x`` ``[batch, q_len, width]``; keys and values from ``context`` (self-attention when None).
+    Queries come from ``x`` ``[batch, q_len, width]``; keys and values from ``context``
+    ``[batch, kv_len, context_dim]`` (self-attention when None). ``angles`` ``[batch or 1, q_len, head_dim // 2]``
+    rotate queries and keys (self-attention only). The attention output before the output projection is tagged
+    ``remat_name`` for named remat policies.
     """
 
     config: DiTConfig
-    use_rope: bool = True
+    qk_norm: bool = True
+    causal: bool = False
     zero_init_out: bool = False
+    remat_name: str | None = None
+    length_axis: str = "activation_length"   # logical name of q_len (frames for temporal attention)
 
     @nn.compact
-    def __call__(self, x, *, context=None, mask=None, q_angles=None, k_angles=None):
+    def __call__(self, x, *, context=None, kv_mask=None, angles=None):
         cfg = self.config
-        context = x if context is None else context
+        self_attention = context is None
+        context = x if self_attention else context
         heads = (cfg.num_heads, cfg.head_dim)
         q = dense(heads, axes=("embed", "heads", "head_dim"), config=cfg, name="query")(x)
         k = dense(heads, axes=("embed", "heads", "head_dim"), config=cfg, name="key")(context)
         v = dense(heads, axes=("embed", "heads", "head_dim"), config=cfg, name="value")(context)
-        if cfg.qk_norm:
-            q = RMSNorm(param_dtype=cfg.weight_dtype, name="query_norm")(q)
-            k = RMSNorm(param_dtype=cfg.weight_dtype, name="key_norm")(k)
-        if self.use_rope and q_angles is not None:
-            q = apply_rotary(q, q_angles)
-            k = apply_rotary(k, q_angles if k_angles is None else k_angles)
-        if mask is not None:
-            mask = mask[:, None, None, :]  # [batch, 1, 1, k_len]
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0 / math.sqrt(cfg.head_dim))
+        q_names = ("activation_batch", self.length_axis, "activation_heads", None)
+        kv_names = q_names if self_attention else ("activation_batch", "activation_text_length",
+                                                   "activation_heads", None)
+        q, k, v = shard_logical(q, q_names), shard_logical(k, kv_names), shard_logical(v, kv_names)
+        if self.qk_norm:
+            q = RMSNorm(eps=cfg.norm_eps, param_dtype=cfg.weight_dtype, name="query_norm")(q)
+            k = RMSNorm(eps=cfg.norm_eps, param_dtype=cfg.weight_dtype, name="key_norm")(k)
+        if angles is not None:
+            q, k = apply_rotary(q, angles), apply_rotary(k, angles)
+        # Initialisation only needs shapes: use XLA there, so a splash config initialises on any host (AOT).
+        kernel_config = dataclasses.replace(cfg, attention_impl="xla") if self.is_initializing() else cfg
+        out = attention(q, k, v, kv_mask=kv_mask, causal=self.causal, config=kernel_config)
+        out = shard_logical(out, q_names)
+        if self.remat_name:
+            out = checkpoint_name(out, self.remat_name)
         return dense(cfg.width, axes=("heads", "head_dim", "embed"), config=cfg, axis=(-2, -1),
                      name="out", zero_init=self.zero_init_out)(out)
 
@@ -120,15 +137,15 @@ class FeedForward(nn.Module):
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        hidden = int(cfg.mlp_ratio * cfg.width)
-        h = dense(hidden, axes=("embed", "mlp"), config=cfg, name="wi")(x)
+        h = dense(cfg.mlp_dim, axes=("embed", "mlp"), config=cfg, name="wi")(x)
         h = shard_logical(nn.gelu(h), ("activation_batch",) + (None,) * (h.ndim - 2) + ("activation_mlp",))
+        h = checkpoint_name(h, "ffn_hidden")
         return dense(cfg.width, axes=("mlp", "embed"), config=cfg, name="wo")(h)
 
 
-def timestep_sinusoid(t: jnp.ndarray, dim: int = 256, max_period: float = 1e4) -> jnp.ndarray:
-    """``[batch, dim]`` sinusoidal embedding (``[cos, sin]`` order) of ``t`` scaled by 1000."""
+def sinusoid(values: jnp.ndarray, dim: int = 256, max_period: float = 1e4) -> jnp.ndarray:
+    """``[..., dim]`` sinusoidal embedding (``[cos, sin]`` order, AXLearn ``TimeStepEmbedding``) of ``values``."""
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-    args = (t.astype(jnp.float32) * 1000.0)[:, None] * freqs[None]
+    args = values.astype(jnp.float32)[..., None] * freqs
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)

@@ -2,63 +2,99 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stiv_jax.encoders import text_embedding
 from stiv_jax.encoders.latent import build_latent_space
+from stiv_jax.encoders.text import TextEncoder, build_text_encoder
 from stiv_jax.model.config import DiTConfig
 from stiv_jax.model.dit import STIVDiT
+
+PREDICTIONS = ("velocity", "data")
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelBundle:
-    """The DiT plus the encoders around it, and how to initialise their (boxed) parameters."""
+    """The DiT plus the encoders around it, and how to initialise their (boxed) parameters.
+
+    Trainable parameters are ``{'dit': ..., 'text': ...}``; ``'text'`` is empty for a frozen pretrained encoder,
+    whose weights stay outside the train state (no optimizer moments, no EMA, not checkpointed).
+    """
 
     dit: STIVDiT
-    text_encoder: Any
-    tokenize: Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
+    text_encoder: TextEncoder
     latent_space: Any
     latent_shape: tuple[int, int, int, int]    # [frames, height, width, channels] of one training latent
     text_length: int
+    prediction: str = "velocity"               # what the DiT outputs: 'velocity' (paper) or 'data' (JiT)
+    min_time_gap: float = 0.05                 # 'data' prediction: velocity = (x1_hat - x_t) / max(1 - t, gap)
+    # Micro-conditions of an uncropped training clip (model.MICRO_CONDITIONS order), used when none are given.
+    default_micro: tuple[float, ...] = (0.0,) * 6
+
+    def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids [batch, text_length] int32, mask [batch, text_length] bool)``."""
+        return self.text_encoder.tokenize(texts, self.text_length)
+
+    def micro_conditions(self, batch: int, micro_conditions=None) -> jax.Array:
+        """``[batch, 6]`` float32: ``micro_conditions`` if given, else ``default_micro`` for every sample."""
+        if micro_conditions is not None:
+            return jnp.asarray(micro_conditions, jnp.float32)
+        return jnp.broadcast_to(jnp.asarray(self.default_micro, jnp.float32), (batch, 6))
 
     def init_boxed_params(self, rng: jax.Array) -> dict:
         """Trainable parameters ``{'dit': ..., 'text': ...}`` with their logical-partitioning boxes."""
         text_rng, dit_rng = jax.random.split(rng)
         ids = jnp.zeros((1, self.text_length), jnp.int32)
         mask = jnp.ones((1, self.text_length), bool)
-        text_params = self.text_encoder.init(text_rng, ids, mask)["params"]
-        seq, pooled = self.text_encoder.apply({"params": text_params}, ids, mask)
+        text_params = {} if self.text_encoder.frozen else self.text_encoder.init(text_rng, ids, mask)["params"]
+        seq, pooled = self.encode_text({"text": text_params}, ids, mask)
         latents = jnp.zeros((1,) + self.latent_shape)
         dit_params = self.dit.init(dit_rng, latents, timesteps=jnp.zeros((1,)), text=seq, text_mask=mask,
-                                   pooled_text=pooled)["params"]
+                                   pooled_text=pooled, micro_conditions=self.micro_conditions(1))["params"]
         return {"dit": dit_params, "text": text_params}
 
     def encode_text(self, params, ids, mask):
         """``(sequence [batch, len, dim], pooled [batch, dim])`` for token ``ids``/``mask`` ``[batch, len]``."""
-        return self.text_encoder.apply({"params": params["text"]}, ids, mask)
+        text_params = self.text_encoder.frozen_params if self.text_encoder.frozen else params["text"]
+        return self.text_encoder.apply({"params": text_params}, ids, mask)
 
-    def velocity(self, params, latents, timesteps, ids, mask):
-        """The DiT velocity for latents ``[batch, frames, height, width, channels]`` and text tokens."""
+    def velocity(self, params, latents, timesteps, ids, mask, *, micro_conditions=None, mask_rng=None):
+        """The velocity for latents ``[batch, frames, height, width, channels]`` at ``timesteps`` ``[batch]``.
+
+        ``micro_conditions`` ``[batch, 6]`` (the batch's; ``default_micro`` when None); ``mask_rng``: MaskDiT key
+        (None = no token masking, as in fine-tuning and sampling).
+
+        With ``prediction='data'`` the DiT predicts the clean sample and the velocity is derived from it
+        (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"): a network narrower than its
+        patch vectors cannot pass high-dimensional noise through, but can output data near a low-dimensional
+        manifold. The loss stays the velocity loss either way.
+        """
         seq, pooled = self.encode_text(params, ids, mask)
-        return self.dit.apply({"params": params["dit"]}, latents, timesteps=timesteps, text=seq, text_mask=mask,
-                              pooled_text=pooled)
+        micro = self.micro_conditions(latents.shape[0], micro_conditions)
+        out = self.dit.apply({"params": params["dit"]}, latents, timesteps=timesteps, text=seq, text_mask=mask,
+                             pooled_text=pooled, micro_conditions=micro, mask_rng=mask_rng)
+        if self.prediction == "velocity":
+            return out
+        gap = jnp.maximum(1.0 - timesteps, self.min_time_gap).reshape((-1,) + (1,) * (latents.ndim - 1))
+        return (out - latents) / gap
 
 
 def build_model_bundle(config) -> ModelBundle:
-    """All model pieces from ``config`` (``model``, ``text``, ``latent``, ``data`` sections)."""
+    """All model pieces from ``config`` (``model``, ``text``, ``latent``, ``data``, ``diffusion`` sections)."""
     latent_space = build_latent_space(config.latent)
-    if config.text.kind != "token_embedding":
-        raise ValueError(f"config.text.kind={config.text.kind!r}; valid: token_embedding")
-    text_encoder = text_embedding.TokenEmbeddingEncoder(dim=config.text.dim)
-    tokenize = lambda texts: text_embedding.tokenize_bytes(texts, config.text.max_length)  # noqa: E731
+    text_encoder = build_text_encoder(config.text)
     model_config = DiTConfig.from_config(dict(config.model, latent_channels=latent_space.channels,
-                                              text_dim=config.text.dim))
+                                              text_dim=text_encoder.dim))
     res = config.data.resolution
     factor = config.latent.factor
     latent_shape = (config.data.frames, res // factor, res // factor, latent_space.channels)
-    return ModelBundle(dit=STIVDiT(model_config), text_encoder=text_encoder, tokenize=tokenize,
-                       latent_space=latent_space, latent_shape=latent_shape, text_length=config.text.max_length)
+    default_micro = (float(res), float(res), 0.0, 0.0, float(config.data.frame_stride), float(config.data.frames))
+    prediction = config.diffusion.get("prediction", "velocity")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"config.diffusion.prediction={prediction!r}; valid: {PREDICTIONS}")
+    return ModelBundle(dit=STIVDiT(model_config), text_encoder=text_encoder, latent_space=latent_space,
+                       latent_shape=latent_shape, text_length=config.text.max_length, prediction=prediction,
+                       min_time_gap=config.diffusion.get("min_time_gap", 0.05), default_micro=default_micro)

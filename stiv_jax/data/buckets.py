@@ -1,0 +1,91 @@
+"""Resolution/duration buckets: each a fixed ``[batch, frames, height, width, 3]`` shape with its own batch size.
+
+``config.data.buckets`` is a tuple of ``(frames, height, width, batch_size[, weight])`` (global batch sizes);
+empty means one bucket ``(data.frames, data.resolution, data.resolution, data.batch_size)``. A clip goes to the
+bucket whose aspect ratio is closest to its own among those it has enough frames for (larger buckets win ties);
+images (``frames == 1``) go to ``config.data.image_buckets`` the same way. The pipeline gives each bucket its
+own batch stream and interleaves the streams in proportion to their weights with grain's deterministic mix, so
+every host emits the same bucket at the same step and each compiled shape always sees the same batch size.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One fixed batch shape. ``batch_size`` is global (all hosts together)."""
+
+    frames: int
+    height: int
+    width: int
+    batch_size: int
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.frames}x{self.height}x{self.width}"
+
+    def host_batch_size(self, process_count: int) -> int:
+        if self.batch_size % process_count:
+            raise ValueError(f"bucket {self.name}: batch_size={self.batch_size} is not divisible by "
+                             f"{process_count} processes; change config.data.buckets / config.data.batch_size")
+        return self.batch_size // process_count
+
+    def source_frames(self, stride: int) -> int:
+        """Source frames one sample spans at ``stride``."""
+        return (self.frames - 1) * stride + 1
+
+
+def parse_buckets(entries: Sequence, *, what: str) -> list[Bucket]:
+    """Buckets from config tuples ``(frames, height, width, batch_size[, weight])`` or dicts."""
+    buckets = []
+    for entry in entries:
+        try:
+            bucket = Bucket(**entry) if isinstance(entry, Mapping) else Bucket(*entry)
+        except TypeError as e:
+            raise ValueError(f"{what}: entry {entry!r} is not (frames, height, width, batch_size[, weight]): "
+                             f"{e}") from e
+        if min(bucket.frames, bucket.height, bucket.width, bucket.batch_size) < 1 or bucket.weight <= 0:
+            raise ValueError(f"{what}: entry {entry!r} needs positive sizes and weight")
+        buckets.append(bucket)
+    names = [b.name for b in buckets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what}: duplicate bucket shapes {names}")
+    return buckets
+
+
+def video_buckets(data_config) -> list[Bucket]:
+    """The video buckets of ``config.data`` (see the module docstring)."""
+    entries = data_config.get("buckets", ()) or ()
+    if not entries:
+        return [Bucket(data_config.frames, data_config.resolution, data_config.resolution, data_config.batch_size)]
+    return parse_buckets(entries, what="config.data.buckets")
+
+
+def image_buckets(data_config) -> list[Bucket]:
+    """The image buckets: ``config.data.image_buckets`` or one square bucket at ``data.resolution``."""
+    entries = data_config.get("image_buckets", ()) or ()
+    if not entries:
+        size = data_config.get("image_batch_size", 0) or data_config.batch_size
+        return [Bucket(1, data_config.resolution, data_config.resolution, size)]
+    buckets = parse_buckets(entries, what="config.data.image_buckets")
+    if any(b.frames != 1 for b in buckets):
+        raise ValueError(f"config.data.image_buckets must have frames == 1, got {[b.name for b in buckets]}")
+    return buckets
+
+
+def assign_bucket(buckets: Sequence[Bucket], *, height: int, width: int, num_frames: int, stride: int = 1
+                  ) -> int | None:
+    """Index of the bucket for a ``height x width`` clip of ``num_frames`` frames, or None if none fits."""
+    best, best_key = None, None
+    aspect = math.log(height / width)
+    for index, bucket in enumerate(buckets):
+        if bucket.source_frames(stride) > num_frames:
+            continue
+        key = (abs(math.log(bucket.height / bucket.width) - aspect), -bucket.frames * bucket.height * bucket.width)
+        if best_key is None or key < best_key:
+            best, best_key = index, key
+    return best

@@ -1,0 +1,34 @@
+"""The output every text encoder returns, and the shared pooling helpers."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class TextEmbeddings(NamedTuple):
+    """What a text encoder hands to the diffusion model.
+
+    Attributes:
+      sequence: `[batch, tokens, dim]` float, per-token embeddings (cross-attention keys/values).
+      mask: `[batch, tokens]` bool, True on real tokens, False on padding.
+      pooled: `[batch, dim]` float, one vector per caption (added to the singleton condition).
+    """
+
+    sequence: jax.Array
+    mask: jax.Array
+    pooled: jax.Array
+
+
+def masked_mean(sequence: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean over real tokens, as sentence-transformers' mean pooling: `[b, t, d]`, `[b, t]` -> `[b, d]`."""
+    weights = mask.astype(sequence.dtype)[..., None]
+    total = jnp.sum(sequence * weights, axis=1)
+    return total / jnp.clip(jnp.sum(weights, axis=1), 1e-9, None)
+
+
+def last_token(sequence: jax.Array, mask: jax.Array) -> jax.Array:
+    """Embedding of the last real token of each row (padding on the right): `[b, t, d]`, `[b, t]` -> `[b, d]`."""
+    index = jnp.maximum(jnp.sum(mask.astype(jnp.int32), axis=1) - 1, 0)
+    return jnp.take_along_axis(sequence, index[:, None, None], axis=1)[:, 0]

@@ -1,0 +1,88 @@
+"""The STIV block (spec 2.5): spatial SA -> temporal SA -> cross-attention -> FFN, or full 3D SA instead.
+
+Each self-attention and the FFN follow the sandwich form
+``x = x + gate * postnorm(f(prenorm(x) * (1 + scale) + shift))``; temporal SA has no modulation unless
+``temporal_adaln``; cross-attention is ``x = x + CrossAttn(x, text)`` (PixArt-alpha).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from stiv_jax.model.config import DiTConfig
+from stiv_jax.model.layers import Attention, FeedForward, dense, modulate, stateless_layer_norm
+from stiv_jax.parallel.mesh import shard_logical
+
+TOKENS = ("activation_batch", "activation_frames", "activation_length", "activation_embed")
+# Names of the attention outputs tagged for remat; the paper saves only the self-attention ones.
+SELF_ATTENTION_OUTPUTS = ("spatial_attention", "temporal_attention", "full_attention")
+
+
+def repeat_batch(angles: jnp.ndarray, times: int) -> jnp.ndarray:
+    """Per-sample angles ``[batch, length, dim]`` -> ``[batch * times, length, dim]``; shared ``[1, ...]`` kept."""
+    return angles if angles.shape[0] == 1 else jnp.repeat(angles, times, axis=0)
+
+
+class STIVBlock(nn.Module):
+    """One STIV block on tokens ``[batch, t, s, width]`` (``t`` temporal, ``s`` spatial tokens).
+
+    ``inputs`` (broadcast to every block, also under ``nn.scan``) holds:
+      ``modulation`` ``[batch, num_modulations, width]`` (shared AdaLN; None for per-block AdaLN),
+      ``cond`` ``[batch, width]`` singleton condition, ``text`` ``[batch, text_len, width]``,
+      ``text_mask`` ``[batch, text_len]`` bool, and rotary angles ``spatial`` ``[batch or 1, s, head_dim / 2]``,
+      ``temporal`` ``[1, t, head_dim / 2]`` or ``full`` ``[batch or 1, t * s, head_dim / 2]``.
+    Returns ``(tokens, None)`` so that the block can be scanned.
+    """
+
+    config: DiTConfig
+
+    def post_norm(self, h):
+        return stateless_layer_norm(h, self.config.norm_eps) if self.config.sandwich_norm else h
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, inputs: dict[str, Any]):
+        cfg = self.config
+        b, t, s, d = x.shape
+        norm = lambda y: stateless_layer_norm(y, cfg.norm_eps)  # noqa: E731
+        modulation = inputs.get("modulation")
+        if cfg.adaln == "per_block":
+            modulation = dense((cfg.num_modulations, d), axes=("embed", "modulation", "embed_out"), config=cfg,
+                               name="adaln", zero_init=cfg.adaln_zero)(nn.silu(inputs["cond"]))
+        mods = [modulation[:, i] for i in range(cfg.num_modulations)]
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = mods[:6]
+        gate = lambda g, h: g[:, None, None, :] * h  # noqa: E731
+
+        if cfg.attention_layout == "factorized":
+            # Spatial self-attention per frame (frames folded into the batch), 2D RoPE.
+            h = modulate(norm(x), shift_a, scale_a).reshape(b * t, s, d)
+            h = Attention(cfg, qk_norm=cfg.qk_norm, remat_name="spatial_attention", name="spatial_attn")(
+                h, angles=repeat_batch(inputs["spatial"], t))
+            x = shard_logical(x + gate(gate_a, self.post_norm(h.reshape(b, t, s, d))), TOKENS)
+            if cfg.temporal_attention:
+                # Temporal self-attention per spatial location (positions folded into the batch), 1D RoPE.
+                h = norm(x)
+                if cfg.temporal_adaln:
+                    h = modulate(h, mods[6], mods[7])
+                h = h.transpose(0, 2, 1, 3).reshape(b * s, t, d)
+                h = Attention(cfg, qk_norm=cfg.qk_norm, causal=cfg.causal_temporal,
+                              zero_init_out=cfg.zero_init_temporal_out, remat_name="temporal_attention",
+                              length_axis="activation_frames", name="temporal_attn")(h, angles=inputs["temporal"])
+                h = self.post_norm(h.reshape(b, s, t, d).transpose(0, 2, 1, 3))
+                x = shard_logical(x + (gate(mods[8], h) if cfg.temporal_adaln else h), TOKENS)
+        else:
+            # Full 3D self-attention over all t * s tokens, 3D RoPE.
+            h = modulate(norm(x), shift_a, scale_a).reshape(b, t * s, d)
+            h = Attention(cfg, qk_norm=cfg.qk_norm, remat_name="full_attention", name="full_attn")(
+                h, angles=inputs["full"])
+            x = shard_logical(x + gate(gate_a, self.post_norm(h.reshape(b, t, s, d))), TOKENS)
+
+        # Cross-attention of every video token to the text sequence (no norm, no modulation).
+        h = Attention(cfg, qk_norm=cfg.cross_attn_qk_norm, remat_name="cross_attention", name="cross_attn")(
+            x.reshape(b, t * s, d), context=inputs["text"], kv_mask=inputs["text_mask"])
+        x = shard_logical(x + h.reshape(b, t, s, d), TOKENS)
+
+        h = FeedForward(cfg, name="ffn")(modulate(norm(x), shift_f, scale_f))
+        x = shard_logical(x + gate(gate_f, self.post_norm(h)), TOKENS)
+        return x, None
