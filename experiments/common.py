@@ -15,13 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-# Tab. 1 of the paper: blocks, hidden size, heads (head_dim 64 everywhere). "tiny" is ours, for CPU runs.
-SIZES = {
-    "tiny": dict(depth=2, width=64, num_heads=2),
-    "XL": dict(depth=28, width=1152, num_heads=18),     # "600M"
-    "XXL": dict(depth=38, width=1536, num_heads=24),    # "1.5B"
-    "M": dict(depth=46, width=3072, num_heads=48),      # "8.7B"
-}
+SIZES = ("tiny", "XL", "XXL", "M")  # stiv_jax/model/sizes.py holds their depth, width and heads (Tab. 1)
 
 # Data-parallel layout per size: FSDP over every chip of a slice (batch over data x fsdp, weights over fsdp).
 # The M model's parameters, EMA and AdaFactor moments (~16 bytes/param, ~140 GB) only fit spread over a slice.
@@ -64,7 +58,8 @@ def stage_workdir(args, stage: str) -> str:
 
 
 def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: int, total_steps: int,
-                 masked: bool = True, frame_stride: int = 3) -> ml_collections.ConfigDict:
+                 masked: bool = True, frame_stride: int = 3, rope_spatial_scale: float = 1.0,
+                 rope_temporal_scale: float = 1.0) -> ml_collections.ConfigDict:
     """The full config of one stage; the stage file then sets its tasks and its ``init`` sources.
 
     Args:
@@ -76,6 +71,8 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
       total_steps: optimizer steps of the stage (paper default 400k masked).
       masked: MaskDiT 50% spatial masking (pretraining) or all tokens (fine-tuning).
       frame_stride: keep 1 of every ``frame_stride`` source frames (paper: 3).
+      rope_spatial_scale, rope_temporal_scale: RoPE interpolation (source tokens / these tokens), checked
+        against the source checkpoints by ``stiv_jax.stages.transition``.
     """
     local = args.runlocal
     c = ml_collections.ConfigDict()
@@ -86,19 +83,25 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.keep_checkpoints = 2 if local else 3        # newest checkpoints kept
     c.log_every = 1 if local else 100             # steps between metric rows
 
-    c.model = ml_collections.ConfigDict()
-    size = SIZES[args.size]
-    c.model.depth = size["depth"]          # STIV blocks (Tab. 1)
-    c.model.width = size["width"]          # hidden size d (Tab. 1)
-    c.model.num_heads = size["num_heads"]  # attention heads, head_dim 64 (tiny: 32)
+    c.model = ml_collections.ConfigDict()  # every key: stiv_jax/model/config.py (DiTConfig)
+    c.model.size = args.size               # Tab. 1: XL 28x1152x18, XXL 38x1536x24, M 46x3072x48 (tiny: CPU)
     c.model.mlp_ratio = 4.0                # FFN hidden = 4 d (INFERRED, matches the parameter counts)
     c.model.patch_size = 2                 # spatial patch on the latent grid (INFERRED p = 2)
     c.model.temporal_patch = 1 if frames == 1 else 2  # images: 1; video: 2 (App. B, Fig. 6a)
+    c.model.temporal_attention = frames > 1  # T2I has no temporal attention; T2V adds it (zero-init output)
     c.model.qk_norm = True                 # RMSNorm on queries and keys per head (Tab. 2 "+ QK norm")
+    c.model.adaln = "shared"               # one AdaLN for every block (Tab. 2 "+ Shared AdaLN")
+    c.model.micro_conditions = True        # resolution, crop, stride, frames in the condition (Tab. 2)
     c.model.rope_theta = 10000.0           # RoPE base (not stated; 1e4 assumed)
+    c.model.rope_spatial_scale = rope_spatial_scale    # position multiplier, source grid / this grid (§2.6)
+    c.model.rope_temporal_scale = rope_temporal_scale  # the same along time (20 -> 40 frames: 0.5)
+    c.model.mask_ratio = 0.5 if masked else 0.0  # MaskDiT spatial token drop (§2.7: 50% in pretraining)
+    c.model.decoder_depth = 2              # blocks over all tokens after un-masking (§2.7)
+    c.model.scan_layers = not local        # nn.scan over blocks: one compiled body, fast compiles at depth 46
+    c.model.remat_policy = "none" if local else "self_attention"  # save only self-attention outputs (§2.5)
+    c.model.attention_impl = "xla" if local else "splash"  # Pallas splash attention on TPU
     c.model.dtype = "float32" if local else "bfloat16"  # compute dtype (INFERRED bf16 on TPU)
     c.model.param_dtype = "float32"        # master weights stay fp32
-    del masked  # MaskDiT ratio is wired once the model's masking switch lands (issue 4)
 
     c.latent = ml_collections.ConfigDict()
     c.latent.kind = "pixels"               # stand-in until a VAE latent space lands (paper: frozen 8-ch VAE)
@@ -171,3 +174,8 @@ EVERYTHING = r".*"
 def set_tasks(config, **weights: float) -> None:
     """Records the stage's conditioning tasks and their sampling weights (``t2v``, ``ti2v``, ``predict`` ...)."""
     config.diffusion.tasks = dict(weights)  # task -> sampling weight (§4, §7); wired to the task sampler (issue 5)
+
+
+def interpolation(args, source: float, target: float) -> float:
+    """RoPE scale ``source / target`` (resolution or frames); 1 for runlocal, whose stages share one tiny grid."""
+    return 1.0 if args.runlocal else source / target

@@ -19,7 +19,8 @@ from experiments import common
 def get_config(arg=None):
     args = common.parse_arg(arg, **common.STAGE_DEFAULTS)
     config = common.stage_config(args, stage="multiview",
-                                 resolution=320, frames=8, batch_size=1024, total_steps=110_000, masked=False)
+                                 resolution=320, frames=8, batch_size=1024, total_steps=110_000, masked=False,
+                                 rope_spatial_scale=common.interpolation(args, 256, 320))
     common.from_stage(args, config, {"stiv": "stiv_256"},
                       [(common.EVERYTHING, "stiv")])
     common.set_tasks(config, multiview=1.0)

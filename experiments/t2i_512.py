@@ -17,7 +17,8 @@ from experiments import common
 def get_config(arg=None):
     args = common.parse_arg(arg, **common.STAGE_DEFAULTS)
     config = common.stage_config(args, stage="t2i_512",
-                                 resolution=512, frames=1, batch_size=4096, total_steps=400_000)
+                                 resolution=512, frames=1, batch_size=4096, total_steps=400_000,
+                                 rope_spatial_scale=common.interpolation(args, 256, 512))
     common.from_stage(args, config, {"t2i": "t2i_256"},
                       [(common.EVERYTHING, "t2i")])
     common.set_tasks(config, t2v=1.0)

@@ -18,7 +18,8 @@ from experiments import common
 def get_config(arg=None):
     args = common.parse_arg(arg, **common.STAGE_DEFAULTS)
     config = common.stage_config(args, stage="t2v_256_40f",
-                                 resolution=256, frames=40, batch_size=1024, total_steps=400_000)
+                                 resolution=256, frames=40, batch_size=1024, total_steps=400_000,
+                                 rope_temporal_scale=common.interpolation(args, 20, 40))
     common.from_stage(args, config, {"t2v": "t2v_256"},
                       [(common.EVERYTHING, "t2v")])
     common.set_tasks(config, t2v=1.0)

@@ -18,7 +18,8 @@ from experiments import common
 def get_config(arg=None):
     args = common.parse_arg(arg, **common.STAGE_DEFAULTS)
     config = common.stage_config(args, stage="t2v_512",
-                                 resolution=512, frames=20, batch_size=1024, total_steps=400_000)
+                                 resolution=512, frames=20, batch_size=1024, total_steps=400_000,
+                                 rope_spatial_scale=common.interpolation(args, 256, 512))
     common.from_stage(args, config, {"t2i": "t2i_512", "t2v": "t2v_256"},
                       [(common.TEMPORAL, "t2v"), (common.EVERYTHING, "t2i")], inflate_patch_embed=True)
     common.set_tasks(config, t2v=1.0)

@@ -25,7 +25,7 @@ import numpy as np
 NEW = "new"
 # Parameters that change shape with the temporal patch, and how: "inflate" divides the copies by k (input side),
 # "tile" keeps them (output side).
-TEMPORAL_PATCH_RESHAPES = ((r"(^|/)patch_embed/kernel$", "inflate"),
+TEMPORAL_PATCH_RESHAPES = ((r"(^|/)patch_embed/proj/kernel$", "inflate"),
                            (r"(^|/)final_proj/(kernel|bias)$", "tile"))
 
 
