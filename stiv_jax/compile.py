@@ -90,7 +90,7 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
     per_host = (1, 1, 1) if topology.chips < 4 else (2, 2, 1)
     desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.topology_name,
                                         chip_config_name=topology.chip_config, chips_per_host_bounds=per_host,
-                                        num_slices=num_slices, wrap=None)
+                                        num_slices=num_slices)
     return list(desc.devices)
 
 

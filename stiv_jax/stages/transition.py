@@ -60,10 +60,10 @@ def _state_manager(workdir: str) -> ocp.CheckpointManager:
                                                 "config": ocp.JsonCheckpointHandler()})
 
 
-def open_source(name: str, workdir: str, *, use_ema: bool = True) -> SourceCheckpoint:
-    """Reads a source's latest step, config and parameter shapes (metadata only, no weights)."""
+def open_source(name: str, workdir: str, *, use_ema: bool = True, step: int | None = None) -> SourceCheckpoint:
+    """Reads a source's latest (or ``step``) step, config and parameter shapes (metadata only, no weights)."""
     manager = _state_manager(workdir)
-    step = manager.latest_step()
+    step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"config.init.sources.{name}={workdir!r} has no checkpoint under "
                                 f"{ckpt.checkpoint_dir(workdir)}; train that stage first or fix the path")

@@ -50,9 +50,11 @@ def save_stage(config, workdir, seed):
 
 
 def velocity(bundle, params, latents, texts=("a red kite over the sea", "")):
+    """The velocity at fixed timesteps, text and micro-conditions (256x256 source, stride 3, 20 frames)."""
     ids, mask = (jnp.asarray(a) for a in bundle.tokenize(list(texts)))
     t = jnp.asarray([0.3, 0.8])
-    return np.asarray(jax.jit(bundle.velocity)(params, latents, t, ids, mask))
+    micro = jnp.asarray([[256.0, 256.0, 0.0, 0.0, 3.0, 20.0]] * 2)
+    return np.asarray(jax.jit(lambda *a: bundle.velocity(*a, micro_conditions=micro))(params, latents, t, ids, mask))
 
 
 @pytest.mark.parametrize("temporal_patch", [2, 1])
