@@ -113,12 +113,14 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.text.max_length = 32 if local else 128  # tokens per caption (not stated in the paper)
 
     c.data = ml_collections.ConfigDict()
+    c.data.kind = "video"                  # decode clips (latent: precomputed VAE latents + text embeddings)
     c.data.shards = "runs/demo_data" if local else f"{args.root}/data/{'images' if frames == 1 else 'videos'}"
     c.data.batch_size = 8 if local else batch_size  # global batch (divisible by the batch mesh axes)
     c.data.frames = min(frames, 4) if local else frames  # frames per training clip (1 = image stage)
     c.data.frame_stride = 2 if local else frame_stride   # keep 1 of every N source frames (App. B: 3)
     c.data.resolution = 32 if local else resolution      # square crop side in pixels
     c.data.random_crop = True              # random temporal and spatial crop (else center)
+    c.data.buckets = ()                    # ((frames, height, width, global_batch[, weight]), ...); () = one
     c.data.num_threads = 2 if local else 16  # grain decode threads per host
     c.data.prefetch = 4                    # batches prefetched per host
 

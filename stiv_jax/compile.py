@@ -25,6 +25,7 @@ import time
 # libtpu on a host without TPUs: skip the cloud metadata queries and keep jax on the CPU backend.
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
 os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: no chip is locked, other runs may coexist
 
 GiB = 1024 ** 3
 
