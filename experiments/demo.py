@@ -68,9 +68,19 @@ def get_config():
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.timestep_distribution = "logit_normal"  # or uniform
-    config.diffusion.logit_normal_mean = 0.0
-    config.diffusion.logit_normal_std = 1.0
-    config.diffusion.text_dropout = 0.1   # probability of the empty prompt (paper: 10%)
+    config.diffusion.logit_normal_mean = 0.0  # SD3 logit-normal location (> 0 favours data)
+    config.diffusion.logit_normal_std = 1.0   # and scale
+    config.diffusion.timestep_shift = 1.0     # t -> t / (t + s (1 - t)); > 1 spends more training near noise
+    config.diffusion.shift_reference_positions = 0  # > 0: shift *= sqrt(latent frames*h*w / this); 0 = off
+    config.diffusion.text_dropout = 0.1       # probability of the empty prompt (paper: 10%)
+    config.diffusion.image_dropout = 0.08     # probability of dropping the given frames, independent (paper: 8%)
+    config.diffusion.null_image = "noisy"     # dropped image: keep the noisy frames (T2V) or "zero" latents
+    config.diffusion.tasks = ml_collections.ConfigDict(dict(  # task weights of joint training (normalised)
+        t2v=0.2, ti2v=0.5, predict=0.1, interpolate=0.1, upsample=0.1, multiview=0.0, long=0.0))
+    config.diffusion.predict_frames = 4       # frames given in video prediction (paper: 4)
+    # Long video: clips at this frame stride or more train the key-frame mode, and sampling's key-frame pass
+    # uses it; (frames - 1) x data.frame_stride makes the interpolated frames evenly spaced (paper: 20).
+    config.diffusion.long_keyframe_stride = 14
     # The demo's 2x2 patches of 48-channel pixel latents are 192-dim, wider than the 128-wide model: it cannot
     # pass noise through, so it predicts the clean clip ('data', JiT) and the velocity is derived from it.
     # The paper's models (VAE latents, patch vectors far narrower than d) predict the velocity directly.
@@ -94,7 +104,15 @@ def get_config():
     config.mesh.logical_rules = ()        # empty: stiv_jax.parallel.mesh.DEFAULT_LOGICAL_RULES
 
     config.sample = ml_collections.ConfigDict()
-    config.sample.num_steps = 25          # Euler steps
-    config.sample.cfg_scale = 3.0         # classifier-free guidance (paper: 7.5)
+    config.sample.solver = "euler"        # euler | heun (2nd order, 2 calls/step) | sde (DiT-Air: Heun SDE, 50)
+    config.sample.num_steps = 25          # solver steps
+    config.sample.timestep_shift = 1.0    # grid t -> t / (t + s (1 - t)); > 1 spends more steps near noise
+    config.sample.shift_reference_positions = 0  # > 0: shift *= sqrt(latent frames*h*w / this)
+    config.sample.sde_noise_scale = 1.0   # g of the SDE diffusion w(t) = g (1 - t)
+    config.sample.guidance = "jit"        # jit (2 passes) | sit (3 passes) | none
+    config.sample.cfg_scale = 3.0         # JIT-CFG scale / SIT text scale (paper: 7.5)
+    config.sample.cfg_image_scale = 1.5   # SIT-CFG image scale (paper's best SIT point: 1.5)
+    config.sample.renorm = True           # CFG-renorm to the conditional norm (paper: on)
+    config.sample.null_image = "noisy"    # what the unconditional branch sees in given frames: noisy | zero
     config.sample.fps = 12                # fps of written videos
     return config

@@ -125,8 +125,11 @@ def format_summary(config: DiTConfig, counts: dict[str, int]) -> str:
 
 def main(argv):
     del argv
-    from stiv_jax.training.model_bundle import build_model_bundle
-    config = build_model_bundle(_CONFIG.value).dit.config
+    from stiv_jax.encoders.latent import build_latent_space
+    run_config = _CONFIG.value
+    # As build_model_bundle does, without loading the text encoder's weights (only its width matters).
+    config = DiTConfig.from_config(dict(run_config.model, text_dim=run_config.text.dim,
+                                        latent_channels=build_latent_space(run_config.latent).channels))
     print(format_summary(config, count_params(config)))
 
 

@@ -199,6 +199,9 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
         ds = next(iter(streams.values()))[0]
     else:
         ds = grain.IterDataset.mix({k: v[0] for k, v in streams.items()}, {k: v[1] for k, v in streams.items()})
+    # A bucket stream filters out the other buckets' records by design; do not warn about the filter ratio.
+    ds = grain.experimental.WithOptionsIterDataset(
+        ds, grain.experimental.DatasetOptions(filter_warn_threshold_ratio=None))
     workers = int(data_config.get("num_workers", 0) or 0)
     if workers > 0:
         if not flags.FLAGS.is_parsed():   # grain workers read absl flags; library callers may not have parsed them

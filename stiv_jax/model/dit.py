@@ -7,8 +7,6 @@ Parameter tree (unscanned): ``patch_embed``, ``condition`` (timestep, pooled tex
 """
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -148,8 +146,3 @@ class STIVDiT(nn.Module):
         x = dense(patch_values, axes=("embed", "patch"), config=cfg, name="final_proj", zero_init=True)(x)
         return unpatchify(x, grid=(gt, gh, gw), frames=frames, config=cfg).astype(jnp.float32)
 
-
-def params_of(variables: Any) -> Any:
-    """The unboxed ``params`` collection of ``variables`` from ``init`` (or a bare params tree)."""
-    params = variables.get("params", variables) if isinstance(variables, dict) else variables
-    return nn.unbox(params)

@@ -8,7 +8,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 from einops import rearrange
 
 from stiv_jax.model.config import DiTConfig, MICRO_CONDITIONS
@@ -145,9 +144,3 @@ class TextProjection(nn.Module):
         h = dense(cfg.width, axes=("embed", "embed_out"), config=cfg, name="out")(nn.gelu(h))
         return shard_logical(h, ("activation_batch", "activation_text_length", "activation_embed"))
 
-
-def default_micro_conditions(batch: int, *, height: float, width: float, frame_stride: float,
-                             frames: float) -> np.ndarray:
-    """``[batch, 6]`` float32 micro-conditions of an uncropped clip (for sampling at a target size)."""
-    row = np.array([height, width, 0.0, 0.0, frame_stride, frames], np.float32)
-    return np.tile(row, (batch, 1))

