@@ -128,7 +128,15 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.diffusion.timestep_distribution = "logit_normal"  # not stated for STIV; logit-normal as in DiT-Air / SD3
     c.diffusion.logit_normal_mean = 0.0    # location of logit(t)
     c.diffusion.logit_normal_std = 1.0     # scale of logit(t)
+    c.diffusion.timestep_shift = 1.0       # t -> t / (t + s (1 - t)); no shift is stated for STIV
+    c.diffusion.shift_reference_positions = 0  # > 0: shift grows with the latent size; 0 = off
     c.diffusion.text_dropout = 0.1         # empty-prompt probability for CFG (§4.2: 10%)
+    c.diffusion.image_dropout = 0.0        # dropped given frames (§4.2: 8% for the JIT model, else none)
+    c.diffusion.null_image = "noisy"       # a dropped image leaves the noisy frame (trains as T2V), or "zero"
+    c.diffusion.tasks = dict(t2v=1.0)      # task -> weight of joint training (stiv_jax/diffusion/tasks.py)
+    c.diffusion.predict_frames = 4         # frames given in video prediction (§7: 4)
+    c.diffusion.long_keyframe_stride = 20  # clips at this stride or more train long-video key frames (§7: 20)
+    c.diffusion.prediction = "velocity"    # the DiT predicts the velocity x1 - eps (§2.9)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adamw"                 # TODO(issue 8): "adafactor" (§5.1) once the trainer offers it
@@ -174,8 +182,8 @@ EVERYTHING = r".*"
 
 
 def set_tasks(config, **weights: float) -> None:
-    """Records the stage's conditioning tasks and their sampling weights (``t2v``, ``ti2v``, ``predict`` ...)."""
-    config.diffusion.tasks = dict(weights)  # task -> sampling weight (§4, §7); wired to the task sampler (issue 5)
+    """The stage's conditioning tasks and their sampling weights (``t2v``, ``ti2v``, ``predict`` ...)."""
+    config.diffusion.tasks = dict(weights)
 
 
 def interpolation(args, source: float, target: float) -> float:

@@ -21,5 +21,6 @@ def get_config(arg=None):
                                  resolution=256, frames=20, batch_size=1024, total_steps=400_000)
     common.from_stage(args, config, {"stiv": "stiv_256"},
                       [(common.EVERYTHING, "stiv")])
-    common.set_tasks(config, long_keyframes=0.5, long_interpolate=0.5)
+    common.set_tasks(config, long=1.0)  # the clip's frame stride picks key-frame or interpolation mode
+    config.diffusion.image_dropout = 0.08  # key frames train T2V and TI2V (§7)
     return config
