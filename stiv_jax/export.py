@@ -103,6 +103,11 @@ Keys are '/'-joined parameter paths, e.g. `dit/patch_embed/proj/kernel`; any saf
 """
 
 
+def is_export(directory: str) -> bool:
+    """True for a directory written by ``export`` (the sampler's hook: load it with ``load_exported``)."""
+    return any(os.path.exists(os.path.join(directory, name)) for name in (SINGLE, INDEX))
+
+
 def load_exported(directory: str) -> tuple[ml_collections.ConfigDict, dict]:
     """``(config, params)`` of an export: the run's config and the nested parameter dict (``{'dit', 'text'}``)."""
     with open(os.path.join(directory, "config.json")) as f:

@@ -23,6 +23,7 @@ def test_exported_velocity_equals_the_checkpoint_ema_velocity(tmp_path):
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-m", "stiv_jax.export", f"--workdir={tmp_path / 'run'}", f"--out={out}"],
                    check=True, cwd=REPO_ROOT, env=env)
+    assert export_lib.is_export(str(out)) and not export_lib.is_export(str(tmp_path / "run"))
     loaded_config, params = export_lib.load_exported(str(out))
     assert loaded_config.to_dict() == json.loads(json.dumps(config.to_dict()))
     latents = jax.random.normal(jax.random.key(0), (2,) + bundle.latent_shape)
