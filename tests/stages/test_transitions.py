@@ -7,6 +7,7 @@ import pytest
 
 from experiments import common
 from stiv_jax.checkpointing import manager as ckpt
+from stiv_jax.model.sizes import size_fields
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.stages import surgery, transition
 from stiv_jax.training import state as state_lib
@@ -115,7 +116,7 @@ def test_high_res_t2v_takes_spatial_from_t2i_512_and_temporal_from_t2v_256(tmp_p
         else:
             np.testing.assert_array_equal(value, from_t2i[path], err_msg=path)
             counts["t2i"] += 1
-    depth = config.model.depth
+    depth = size_fields(config.model.size)["depth"]
     assert counts["t2v"] == (depth + config.model.decoder_depth) * 10, counts
     assert counts["inflated"] == 3 and counts["t2i"] > 20, counts
     # T2V-256's unused spatial weights are reported as dropped; T2I-512 gives everything it has.
