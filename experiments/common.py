@@ -1,0 +1,191 @@
+"""Shared builder of the STIV stage configs (``experiments/<stage>.py``); every field carries its comment here.
+
+A stage file calls ``stage_config(arg, ...)`` with what makes the stage (resolution, frames, batch, tasks, where
+its weights start from) and gets the full config back. ``arg`` is big_vision style, the part after the ``:`` of
+``--config=experiments/t2v_256.py:size=M,root=gs://bucket/stiv``:
+
+  size=XL|XXL|M|tiny   model size of Tab. 1 (tiny: 2 blocks, 64 wide, for CPU runs and tests)
+  runlocal             a CPU-sized run of the same stage: tiny model, 32x32 pixels, few frames and steps,
+                       the demo shards (``make demo`` builds runs/demo_data)
+  root=DIR             where the stage workdirs live; a stage's source checkpoints are ``{root}/{stage}_{size}``
+
+Paper facts: ``../shared/STIV_SPEC.md`` sections 3 (sizes), 5 (recipe) and 7 (applications).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+SIZES = ("tiny", "XL", "XXL", "M")  # stiv_jax/model/sizes.py holds their depth, width and heads (Tab. 1)
+
+# Data-parallel layout per size: FSDP over every chip of a slice (batch over data x fsdp, weights over fsdp).
+# The M model's parameters, EMA and AdaFactor moments (~16 bytes/param, ~140 GB) only fit spread over a slice.
+MESH_ICI = {
+    "tiny": dict(data=-1, fsdp=1, context=1, tensor=1),
+    "XL": dict(data=1, fsdp=-1, context=1, tensor=1),
+    "XXL": dict(data=1, fsdp=-1, context=1, tensor=1),
+    "M": dict(data=1, fsdp=-1, context=1, tensor=1),
+}
+
+STAGE_DEFAULTS = dict(size="XL", runlocal=False, root="runs")
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses ``"size=M,runlocal,root=DIR"`` into a ConfigDict; names the key of any unknown or malformed entry."""
+    values = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if key not in values:
+            raise ValueError(f"config argument {key!r} is not known; valid: {sorted(values)} (got {arg!r})")
+        if isinstance(values[key], bool):
+            values[key] = value.strip().lower() in ("", "1", "true", "yes") if sep else True
+        else:
+            if not sep:
+                raise ValueError(f"config argument {key!r} needs a value, e.g. {key}={values[key]}")
+            values[key] = type(values[key])(value.strip())
+    if values.get("runlocal"):
+        values["size"] = "tiny"
+    if values["size"] not in SIZES:
+        raise ValueError(f"size={values['size']!r} is not known; valid sizes: {sorted(SIZES)}")
+    return ml_collections.ConfigDict(values)
+
+
+def stage_workdir(args, stage: str) -> str:
+    """The workdir convention of a stage run: ``{root}/{stage}_{size}`` (runlocal: ``{root}/local/{stage}``)."""
+    if args.runlocal:
+        return f"{args.root}/local/{stage}"
+    return f"{args.root}/{stage}_{args.size}"
+
+
+def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: int, total_steps: int,
+                 masked: bool = True, frame_stride: int = 3, rope_spatial_scale: float = 1.0,
+                 rope_temporal_scale: float = 1.0) -> ml_collections.ConfigDict:
+    """The full config of one stage; the stage file then sets its tasks and its ``init`` sources.
+
+    Args:
+      args: the parsed ``get_config`` argument (``parse_arg``).
+      stage: the stage name (the workdir and golden-file stem).
+      resolution: square training resolution in pixels (256, 512, 320 for multi-view).
+      frames: frames per clip (1 for text-to-image).
+      batch_size: global batch (paper: 4096 images, 1024 videos).
+      total_steps: optimizer steps of the stage (paper default 400k masked).
+      masked: MaskDiT 50% spatial masking (pretraining) or all tokens (fine-tuning).
+      frame_stride: keep 1 of every ``frame_stride`` source frames (paper: 3).
+      rope_spatial_scale, rope_temporal_scale: RoPE interpolation (source tokens / these tokens), checked
+        against the source checkpoints by ``stiv_jax.stages.transition``.
+    """
+    local = args.runlocal
+    c = ml_collections.ConfigDict()
+    c.stage = stage                        # name of this stage (workdir convention: {root}/{stage}_{size})
+    c.seed = 0                             # seeds parameters, data order and per-step noise
+    c.total_steps = 20 if local else total_steps  # optimizer steps (paper: 400k masked + unmasked fine-tune)
+    c.checkpoint_every = 10 if local else 5000    # steps between checkpoints (the last step is always saved)
+    c.keep_checkpoints = 2 if local else 3        # newest checkpoints kept
+    c.log_every = 1 if local else 100             # steps between metric rows
+
+    c.model = ml_collections.ConfigDict()  # every key: stiv_jax/model/config.py (DiTConfig)
+    c.model.size = args.size               # Tab. 1: XL 28x1152x18, XXL 38x1536x24, M 46x3072x48 (tiny: CPU)
+    c.model.mlp_ratio = 4.0                # FFN hidden = 4 d (INFERRED, matches the parameter counts)
+    c.model.patch_size = 2                 # spatial patch on the latent grid (INFERRED p = 2)
+    c.model.temporal_patch = 1 if frames == 1 else 2  # images: 1; video: 2 (App. B, Fig. 6a)
+    c.model.temporal_attention = frames > 1  # T2I has no temporal attention; T2V adds it (zero-init output)
+    c.model.qk_norm = True                 # RMSNorm on queries and keys per head (Tab. 2 "+ QK norm")
+    c.model.adaln = "shared"               # one AdaLN for every block (Tab. 2 "+ Shared AdaLN")
+    c.model.micro_conditions = True        # resolution, crop, stride, frames in the condition (Tab. 2)
+    c.model.rope_theta = 10000.0           # RoPE base (not stated; 1e4 assumed)
+    c.model.rope_spatial_scale = rope_spatial_scale    # position multiplier, source grid / this grid (§2.6)
+    c.model.rope_temporal_scale = rope_temporal_scale  # the same along time (20 -> 40 frames: 0.5)
+    c.model.mask_ratio = 0.5 if masked else 0.0  # MaskDiT spatial token drop (§2.7: 50% in pretraining)
+    c.model.decoder_depth = 2              # blocks over all tokens after un-masking (§2.7)
+    c.model.scan_layers = not local        # nn.scan over blocks: one compiled body, fast compiles at depth 46
+    c.model.remat_policy = "none" if local else "self_attention"  # save only self-attention outputs (§2.5)
+    c.model.attention_impl = "xla" if local else "splash"  # Pallas splash attention on TPU
+    c.model.dtype = "float32" if local else "bfloat16"  # compute dtype (INFERRED bf16 on TPU)
+    c.model.param_dtype = "float32"        # master weights stay fp32
+
+    c.latent = ml_collections.ConfigDict()
+    c.latent.kind = "pixels"               # stand-in until a VAE latent space lands (paper: frozen 8-ch VAE)
+    c.latent.factor = 4 if local else 8    # spatial compression (paper VAE: 8x, INFERRED)
+
+    c.text = ml_collections.ConfigDict()
+    c.text.kind = "token_embedding"        # stand-in text encoder (paper: frozen internal CLIP-bigG, 1280 wide)
+    c.text.dim = 64 if local else 1280     # text embedding width (CLIP-bigG: 1280)
+    c.text.max_length = 32 if local else 128  # tokens per caption (not stated in the paper)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.kind = "video"                  # decode clips (latent: precomputed VAE latents + text embeddings)
+    c.data.shards = "runs/demo_data" if local else f"{args.root}/data/{'images' if frames == 1 else 'videos'}"
+    c.data.batch_size = 8 if local else batch_size  # global batch (divisible by the batch mesh axes)
+    c.data.frames = min(frames, 4) if local else frames  # frames per training clip (1 = image stage)
+    c.data.frame_stride = 2 if local else frame_stride   # keep 1 of every N source frames (App. B: 3)
+    c.data.resolution = 32 if local else resolution      # square crop side in pixels
+    c.data.random_crop = True              # random temporal and spatial crop (else center)
+    c.data.buckets = ()                    # ((frames, height, width, global_batch[, weight]), ...); () = one
+    c.data.num_threads = 2 if local else 16  # grain decode threads per host
+    c.data.prefetch = 4                    # batches prefetched per host
+
+    c.diffusion = ml_collections.ConfigDict()
+    c.diffusion.timestep_distribution = "logit_normal"  # not stated for STIV; logit-normal as in DiT-Air / SD3
+    c.diffusion.logit_normal_mean = 0.0    # location of logit(t)
+    c.diffusion.logit_normal_std = 1.0     # scale of logit(t)
+    c.diffusion.timestep_shift = 1.0       # t -> t / (t + s (1 - t)); no shift is stated for STIV
+    c.diffusion.shift_reference_positions = 0  # > 0: shift grows with the latent size; 0 = off
+    c.diffusion.text_dropout = 0.1         # empty-prompt probability for CFG (§4.2: 10%)
+    c.diffusion.image_dropout = 0.0        # dropped given frames (§4.2: 8% for the JIT model, else none)
+    c.diffusion.null_image = "noisy"       # a dropped image leaves the noisy frame (trains as T2V), or "zero"
+    c.diffusion.tasks = dict(t2v=1.0)      # task -> weight of joint training (stiv_jax/diffusion/tasks.py)
+    c.diffusion.predict_frames = 4         # frames given in video prediction (§7: 4)
+    c.diffusion.long_keyframe_stride = 20  # clips at this stride or more train long-video key frames (§7: 20)
+    c.diffusion.prediction = "velocity"    # the DiT predicts the velocity x1 - eps (§2.9)
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"                 # TODO(issue 8): "adafactor" (§5.1) once the trainer offers it
+    c.optim.lr = 2e-4                      # constant peak LR (§5.1)
+    c.optim.warmup_steps = 2 if local else 1000  # linear warmup (§5.1: 1k steps)
+    c.optim.schedule = "constant"          # constant after warmup (§5.1)
+    c.optim.decay_steps = c.total_steps    # only read by the cosine schedule
+    c.optim.b1 = 0.9                       # first-moment decay (§5.1)
+    c.optim.b2 = 0.999                     # second-moment decay (§5.1)
+    c.optim.weight_decay = 0.0             # no weight decay (§5.1)
+    c.optim.grad_clip = 1.0                # global-norm clip (§5.1)
+    c.optim.ema_decay = 0.9 if local else 0.9999  # EMA used for eval and for the next stage's init (App. B)
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.ici = dict(MESH_ICI[args.size])  # per-slice axis sizes; -1 fills with the remaining chips
+    c.mesh.logical_rules = ()              # empty: stiv_jax.parallel.mesh.DEFAULT_LOGICAL_RULES (FSDP on embed)
+
+    c.sample = ml_collections.ConfigDict()
+    c.sample.num_steps = 4 if local else 50  # sampler steps (DiT-Air: 50)
+    c.sample.cfg_scale = 7.5               # JIT-CFG scale (App. B: 7.5 for T2V and STIV)
+    c.sample.fps = 8                       # fps of written videos (1 of 3 frames of ~24 fps sources)
+
+    c.init = ml_collections.ConfigDict()
+    c.init.sources = ml_collections.ConfigDict()  # name -> workdir of a finished stage (empty: from scratch)
+    c.init.use_ema = True                  # initialise from the sources' EMA weights (App. B)
+    c.init.assign = ()                     # (regex over parameter paths, source name | "new"); first match wins
+    c.init.inflate_patch_embed = False     # allow temporal_patch 1 -> 2 inflation of the patch embed/output
+    return c
+
+
+def from_stage(args, config, stages: dict[str, str], assign: tuple[tuple[str, str], ...], *,
+               inflate_patch_embed: bool = False) -> None:
+    """Points ``config.init`` at finished stages: ``stages`` maps a source name to the stage it comes from."""
+    for name, stage in stages.items():
+        config.init.sources[name] = stage_workdir(args, stage)
+    config.init.assign = tuple(assign)
+    config.init.inflate_patch_embed = inflate_patch_embed
+
+
+# Parameter-path patterns of the stage transitions (paths are '/'-joined, e.g. 'dit/block_3/temporal_attn/out/kernel').
+TEMPORAL = r"(^|/)temporal_attn/"
+EVERYTHING = r".*"
+
+
+def set_tasks(config, **weights: float) -> None:
+    """The stage's conditioning tasks and their sampling weights (``t2v``, ``ti2v``, ``predict`` ...)."""
+    config.diffusion.tasks = dict(weights)
+
+
+def interpolation(args, source: float, target: float) -> float:
+    """RoPE scale ``source / target`` (resolution or frames); 1 for runlocal, whose stages share one tiny grid."""
+    return 1.0 if args.runlocal else source / target

@@ -1,0 +1,26 @@
+r"""T2V-512: text-to-video at 512x512, 20 frames; the "Both" init of Fig. 6b.
+
+Run (TPU pod; sizes XL, XXL, M; add root=DIR for the stage workdirs):
+  python -m stiv_jax.train --config=experiments/t2v_512.py:size=XL --workdir=runs/t2v_512_XL
+CPU (tiny model, 32x32 demo clips; run the stages it starts from with runlocal first):
+  python -m stiv_jax.train --config=experiments/t2v_512.py:runlocal --workdir=runs/local/t2v_512
+Fit check (ahead-of-time compile for a TPU slice, on this host):
+  python -m stiv_jax.compile --config=experiments/t2v_512.py:size=M --topology=v5p-256
+
+Starts from the spatial weights of {root}/t2i_512_{size} (patch embed inflated along time) and the temporal
+attention of {root}/t2v_256_{size}; spatial RoPE keeps T2I-512's interpolation, temporal RoPE T2V-256's.
+
+Every field is commented in experiments/common.py; only what makes this stage is set here.
+"""
+from experiments import common
+
+
+def get_config(arg=None):
+    args = common.parse_arg(arg, **common.STAGE_DEFAULTS)
+    config = common.stage_config(args, stage="t2v_512",
+                                 resolution=512, frames=20, batch_size=1024, total_steps=400_000,
+                                 rope_spatial_scale=common.interpolation(args, 256, 512))
+    common.from_stage(args, config, {"t2i": "t2i_512", "t2v": "t2v_256"},
+                      [(common.TEMPORAL, "t2v"), (common.EVERYTHING, "t2i")], inflate_patch_embed=True)
+    common.set_tasks(config, t2v=1.0)
+    return config

@@ -1,0 +1,257 @@
+r"""Ahead-of-time fit check: compiles the train step for a TPU slice (or fake CPU devices) on this host.
+
+  python -m stiv_jax.compile --config=experiments/t2v_512.py:size=M --topology=v5p-256
+  python -m stiv_jax.compile --config=experiments/t2v_512.py:size=M --topology=v5e-256 --num_slices=4
+  python -m stiv_jax.compile --config=experiments/t2v_256.py:runlocal --topology=cpu-8      # CI, no libtpu
+
+For every bucket shape of the config (``config.data.buckets``, or the one ``data.frames x data.resolution``
+bucket) it lowers the real train step (``stiv_jax.training.step``) on abstract, sharded state and batch, compiles
+it against the slice's devices, and prints per-chip memory (``memory_analysis``), FLOPs (``cost_analysis``) and a
+fits / does-not-fit verdict against the chip's HBM. TPU topologies are compile-only devices from libtpu
+(``jax.experimental.topologies``; install ``jax[tpu]``); ``cpu-N`` uses N fake host devices and needs
+``--hbm_gib`` for a verdict. The exit status is 1 when any bucket does not fit. Nothing is allocated: a model of
+any size compiles here, within the host RAM the compiler itself needs (minutes for the M model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import os
+import re
+import sys
+import time
+
+# libtpu on a host without TPUs: skip the cloud metadata queries and keep jax on the CPU backend.
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # compile-only: no chip is locked, other runs may coexist
+
+GiB = 1024 ** 3
+
+# Published HBM per chip (GiB) and how a slice name maps onto libtpu's topology names.
+CHIPS = {
+    "v4": dict(hbm_gib=32, cores_per_chip=2, chip_config="megacore", dims=3),
+    "v5p": dict(hbm_gib=95, cores_per_chip=2, chip_config="default", dims=3),
+    "v5e": dict(hbm_gib=16, cores_per_chip=1, chip_config="default", dims=2),
+    "v6e": dict(hbm_gib=32, cores_per_chip=1, chip_config="default", dims=2),
+}
+# Physical chip grids of the standard slice sizes (chips -> grid).
+GRIDS_3D = {4: (2, 2, 1), 8: (2, 2, 2), 16: (2, 2, 4), 32: (2, 4, 4), 64: (4, 4, 4), 128: (4, 4, 8),
+            256: (4, 8, 8), 512: (8, 8, 8), 1024: (8, 8, 16), 2048: (8, 16, 16), 4096: (16, 16, 16)}
+GRIDS_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A slice: ``v5p-256`` (cores, like Cloud TPU names for v4/v5p), ``v5e-256`` (chips), or ``cpu-8``."""
+
+    name: str
+    kind: str                 # "v4" | "v5p" | "v5e" | "v6e" | "cpu"
+    chips: int                # per slice
+    hbm_bytes: int | None     # per chip (None for cpu unless --hbm_gib)
+    topology_name: str = ""   # libtpu's name, e.g. "v5p:4x8x8"
+    chip_config: str = "default"
+
+
+def parse_topology(name: str, hbm_gib: float | None = None) -> Topology:
+    """Parses a slice name; the error lists the accepted forms and sizes."""
+    match = re.fullmatch(r"(v4|v5p|v5e|v6e|cpu)-(\d+)", name.strip())
+    if not match:
+        raise ValueError(f"--topology={name!r}: expected v4-N, v5p-N, v5e-N, v6e-N (Cloud TPU slice names) or cpu-N")
+    kind, n = match.group(1), int(match.group(2))
+    override = None if hbm_gib is None else int(hbm_gib * GiB)
+    if kind == "cpu":
+        return Topology(name, "cpu", n, override)
+    chip = CHIPS[kind]
+    chips = n // chip["cores_per_chip"]
+    grids = GRIDS_3D if chip["dims"] == 3 else GRIDS_2D
+    if n % chip["cores_per_chip"] or chips not in grids:
+        sizes = sorted(c * chip["cores_per_chip"] for c in grids)
+        raise ValueError(f"--topology={name!r}: {kind} slices come in sizes {sizes}")
+    grid = "x".join(map(str, grids[chips]))
+    return Topology(name, kind, chips, override or chip["hbm_gib"] * GiB, f"{kind}:{grid}", chip["chip_config"])
+
+
+def topology_devices(topology: Topology, num_slices: int = 1) -> list:
+    """The slice's devices: compile-only TPU devices from libtpu, or the first N host CPU devices."""
+    import jax
+    if topology.kind == "cpu":
+        devices = jax.devices("cpu")
+        if len(devices) < topology.chips * num_slices:
+            raise RuntimeError(f"--topology={topology.name}: this process has {len(devices)} CPU devices; run it as "
+                               f"`python -m stiv_jax.compile` (it sets XLA_FLAGS) or set "
+                               f"XLA_FLAGS=--xla_force_host_platform_device_count={topology.chips * num_slices}")
+        return devices[:topology.chips * num_slices]
+    if importlib.util.find_spec("libtpu") is None:
+        raise RuntimeError(f"--topology={topology.name} needs libtpu to compile for TPU on this host: "
+                           f"pip install 'jax[tpu]==0.10.2' (or pip install -e '.[tpu]'); "
+                           f"--topology=cpu-N works without it")
+    from jax.experimental import topologies
+    per_host = (1, 1, 1) if topology.chips < 4 else (2, 2, 1)
+    desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.topology_name,
+                                        chip_config_name=topology.chip_config, chips_per_host_bounds=per_host,
+                                        num_slices=num_slices)
+    return list(desc.devices)
+
+
+def batch_specs(config, bucket) -> dict:
+    """Shapes and dtypes of one global batch of ``bucket``, as the data pipeline emits it (``kind='video'``)."""
+    import jax
+    import jax.numpy as jnp
+    kind = config.data.get("kind", "video")
+    if kind != "video":
+        raise ValueError(f"config.data.kind={kind!r}: the fit check builds 'video' batches only")
+    b, length = bucket.batch_size, config.text.max_length
+    return {"video": jax.ShapeDtypeStruct((b, bucket.frames, bucket.height, bucket.width, 3), jnp.uint8),
+            "micro_conditions": jax.ShapeDtypeStruct((b, 6), jnp.float32),
+            "fps": jax.ShapeDtypeStruct((b,), jnp.float32),
+            "record_id": jax.ShapeDtypeStruct((b,), jnp.int32),
+            "text_ids": jax.ShapeDtypeStruct((b, length), jnp.int32),
+            "text_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_)}
+
+
+@dataclasses.dataclass
+class FitResult:
+    """Per-chip figures of one compiled bucket."""
+
+    bucket: str
+    batch_per_chip: float
+    compile_seconds: float
+    argument_bytes: int = 0      # state + batch shards resident at entry
+    output_bytes: int = 0
+    alias_bytes: int = 0         # outputs that reuse donated inputs
+    temp_bytes: int = 0          # activations and scratch
+    code_bytes: int = 0
+    flops: float = 0.0
+    error: str = ""              # compile failure (e.g. CompileTimeHbmOom)
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+    def fits(self, hbm_bytes: int | None) -> bool | None:
+        if self.error:
+            return False
+        return None if hbm_bytes is None else self.peak_bytes <= hbm_bytes
+
+
+def compile_bucket(config, devices, bucket) -> FitResult:
+    """Lowers and compiles the train step for ``bucket`` on a mesh over ``devices``."""
+    import jax
+    from stiv_jax.checkpointing.manager import abstract_with_shardings
+    from stiv_jax.parallel import mesh as mesh_lib
+    from stiv_jax.training import state as state_lib
+    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.training.optimizer import build_optimizer
+    from stiv_jax.training.step import make_train_step
+
+    mesh = mesh_lib.build_mesh(config.mesh, devices)
+    rules = mesh_lib.logical_rules(config.mesh)
+    with config.unlocked():
+        config.data.frames, config.data.resolution = bucket.frames, bucket.height
+    bundle = build_model_bundle(config)
+    tx = build_optimizer(config.optim)
+    start = time.perf_counter()
+    result = FitResult(bucket.name + f" batch {bucket.batch_size}", bucket.batch_size / len(devices), 0.0)
+    abstract, shardings = state_lib.state_shardings(lambda: bundle.init_boxed_params(jax.random.key(0)), tx,
+                                                    mesh, rules)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=mesh_lib.batch_sharding(mesh, rules, v.ndim))
+             for k, v in batch_specs(config, bucket).items()}
+    step = jax.jit(make_train_step(config, bundle, tx), in_shardings=(shardings, None),
+                   out_shardings=(shardings, None), donate_argnums=0)
+    try:
+        with mesh_lib.activate(mesh, rules):
+            compiled = step.lower(abstract_with_shardings(abstract, shardings), batch).compile()
+    except Exception as e:  # noqa: BLE001 - any compile failure is a verdict, reported with its message
+        text = str(e)
+        if "RESOURCE_EXHAUSTED" not in text and "HbmOom" not in text:
+            raise
+        result.error = text.splitlines()[0][:300]
+        result.compile_seconds = time.perf_counter() - start
+        return result
+    result.compile_seconds = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        result.argument_bytes = int(memory.argument_size_in_bytes)
+        result.output_bytes = int(memory.output_size_in_bytes)
+        result.alias_bytes = int(memory.alias_size_in_bytes)
+        result.temp_bytes = int(memory.temp_size_in_bytes)
+        result.code_bytes = int(getattr(memory, "generated_code_size_in_bytes", 0) or 0)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    result.flops = float((cost or {}).get("flops", 0.0))
+    return result
+
+
+def buckets_of(config) -> list:
+    """The video buckets of the config (images, ``frames == 1``, use ``image_buckets`` when set)."""
+    from stiv_jax.data.buckets import image_buckets, video_buckets
+    if config.data.frames == 1 and (config.data.get("image_buckets", ()) or ()):
+        return image_buckets(config.data)
+    return video_buckets(config.data)
+
+
+def fit_check(config, topology: Topology, *, num_slices: int = 1, log=print) -> list[FitResult]:
+    """Compiles every bucket of ``config`` for ``topology`` and logs a per-chip table with verdicts."""
+    devices = topology_devices(topology, num_slices)
+    if num_slices > 1 and not config.mesh.get("dcn", None):
+        with config.unlocked():
+            config.mesh.dcn = dict(data=-1)   # slices are joined over DCN on the batch axis
+    chips = len(devices)
+    hbm = topology.hbm_bytes
+    log(f"fit check: {config.get('stage', '')} model size={config.model.get('size', '')} on {topology.name}"
+        f"{f' x {num_slices} slices' if num_slices > 1 else ''} ({chips} chips, "
+        f"HBM {'unknown' if hbm is None else f'{hbm / GiB:.0f} GiB'} per chip), mesh ici={dict(config.mesh.ici)}")
+    results = []
+    for bucket in buckets_of(config):
+        result = compile_bucket(config.copy_and_resolve_references(), devices, bucket)
+        results.append(result)
+        log(format_result(result, hbm, scanned=bool(config.model.get("scan_layers", False))))
+    return results
+
+
+def format_result(r: FitResult, hbm: int | None, *, scanned: bool) -> str:
+    verdict = {True: "FITS", False: "DOES NOT FIT", None: "no verdict (pass --hbm_gib)"}[r.fits(hbm)]
+    if r.error:
+        return f"  {r.bucket}: {verdict}: {r.error} (compile {r.compile_seconds:.0f} s)"
+    share = "" if hbm is None else f" = {100 * r.peak_bytes / hbm:.0f}% of {hbm / GiB:.0f} GiB"
+    note = " (scanned block body counted once by XLA)" if scanned else ""
+    return (f"  {r.bucket} ({r.batch_per_chip:g}/chip): {verdict}: peak {r.peak_bytes / GiB:.2f} GiB per chip{share}"
+            f" [arguments {r.argument_bytes / GiB:.2f}, temporaries {r.temp_bytes / GiB:.2f}, outputs "
+            f"{r.output_bytes / GiB:.2f}, aliased {r.alias_bytes / GiB:.2f}, code {r.code_bytes / GiB:.3f}]; "
+            f"{r.flops / 1e12:.2f} TFLOP per chip per step{note}; compile {r.compile_seconds:.0f} s")
+
+
+def main(argv):
+    del argv
+    from absl import flags
+    f = flags.FLAGS
+    topology = parse_topology(f.topology, f.hbm_gib)
+    results = fit_check(f.config, topology, num_slices=f.num_slices)
+    hbm = topology.hbm_bytes
+    sys.exit(0 if all(r.fits(hbm) is not False for r in results) else 1)
+
+
+def _prepare_host_devices(argv: list[str]) -> None:
+    """``cpu-N`` needs N host devices, which XLA reads from XLA_FLAGS once, before jax starts a backend."""
+    for arg in argv:
+        match = re.fullmatch(r"--topology=cpu-(\d+)", arg)
+        if match:
+            slices = next((int(a.split("=")[1]) for a in argv if a.startswith("--num_slices=")), 1)
+            flag = f"--xla_force_host_platform_device_count={int(match.group(1)) * slices}"
+            os.environ["XLA_FLAGS"] = (re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                                              os.environ.get("XLA_FLAGS", "")) + " " + flag).strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+if __name__ == "__main__":
+    _prepare_host_devices(sys.argv)
+    from absl import app, flags
+    from ml_collections import config_flags
+    config_flags.DEFINE_config_file("config", None, "Experiment config (experiments/*.py[:args]).", lock_config=True)
+    flags.DEFINE_string("topology", None, "Slice: v5p-256, v5e-256, v4-128, v6e-64 ... or cpu-N.")
+    flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multi-slice).")
+    flags.DEFINE_float("hbm_gib", None, "HBM per chip for the verdict (default: the chip's published size).")
+    flags.mark_flags_as_required(["config", "topology"])
+    app.run(main)

@@ -1,0 +1,1 @@
+"""Stage transitions: weight surgery between the stages of the progressive STIV recipe."""

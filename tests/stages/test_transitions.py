@@ -1,0 +1,158 @@
+"""Stage transitions: T2I -> T2V keeps the image model's function, the high-res init picks the right source per
+parameter, and mismatches are refused by name."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import common
+from stiv_jax.checkpointing import manager as ckpt
+from stiv_jax.model.sizes import size_fields
+from stiv_jax.parallel import mesh as mesh_lib
+from stiv_jax.stages import surgery, transition
+from stiv_jax.training import state as state_lib
+from stiv_jax.training.model_bundle import build_model_bundle
+from stiv_jax.training.optimizer import build_optimizer
+
+
+def local_config(stage, **model_overrides):
+    config = __import__(f"experiments.{stage}", fromlist=["x"]).get_config("runlocal")
+    for key, value in model_overrides.items():
+        config.model[key] = value
+    return config
+
+
+def fresh_state(config):
+    bundle = build_model_bundle(config)
+    mesh = mesh_lib.build_mesh(config.mesh, jax.devices()[:1])  # one device: the surgery is mesh-agnostic
+    rules = mesh_lib.logical_rules(config.mesh)
+    state, _ = state_lib.init_state(lambda: bundle.init_boxed_params(jax.random.key(config.seed)),
+                                    build_optimizer(config.optim), mesh, rules)
+    return bundle, state
+
+
+def perturbed(params, seed):
+    """Random weights everywhere, so zero-initialised gates and projections are live."""
+    flat = surgery.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(flat))
+    return surgery.unflatten({path: value + 0.2 * jax.random.normal(key, value.shape, value.dtype)
+                              for key, (path, value) in zip(keys, sorted(flat.items()))})
+
+
+def save_stage(config, workdir, seed):
+    """A finished stage: EMA and raw parameters differ, so the test sees which one is loaded."""
+    bundle, state = fresh_state(config)
+    state = state.replace(params=perturbed(state.params, seed + 100), ema_params=perturbed(state.params, seed))
+    manager = ckpt.make_manager(str(workdir), async_save=False)
+    ckpt.save(manager, 7, state=state, config=config)
+    manager.wait_until_finished()
+    manager.close()
+    return bundle, state
+
+
+def velocity(bundle, params, latents, texts=("a red kite over the sea", "")):
+    """The velocity at fixed timesteps, text and micro-conditions (256x256 source, stride 3, 20 frames)."""
+    ids, mask = (jnp.asarray(a) for a in bundle.tokenize(list(texts)))
+    t = jnp.asarray([0.3, 0.8])
+    micro = jnp.asarray([[256.0, 256.0, 0.0, 0.0, 3.0, 20.0]] * 2)
+    return np.asarray(jax.jit(lambda *a: bundle.velocity(*a, micro_conditions=micro))(params, latents, t, ids, mask))
+
+
+@pytest.mark.parametrize("temporal_patch", [2, 1])
+def test_t2v_from_t2i_checkpoint_reproduces_t2i_frame_by_frame(tmp_path, temporal_patch):
+    t2i_config = local_config("t2i_256")
+    t2i_bundle, t2i_state = save_stage(t2i_config, tmp_path / "t2i", seed=1)
+    config = local_config("t2v_256", temporal_patch=temporal_patch)
+    config.init.sources.t2i = str(tmp_path / "t2i")
+    bundle, state = fresh_state(config)
+    reports = []
+    state = transition.initialize_from_sources(config, state, log=reports.append)
+
+    f, h, w, c = bundle.latent_shape
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(2, f // temporal_patch, 1, h, w, c)).astype(np.float32)
+    # Temporal patch 2: frames come in identical pairs (a static video per token), as inflation assumes.
+    video = np.repeat(frames, temporal_patch, axis=2).reshape(2, f, h, w, c)
+    got = velocity(bundle, state.params, jnp.asarray(video))
+    for i in range(f):
+        want = velocity(t2i_bundle, t2i_state.ema_params, jnp.asarray(video[:, i:i + 1]))
+        np.testing.assert_allclose(got[:, i:i + 1], want, rtol=2e-4, atol=2e-5, err_msg=f"frame {i}")
+    assert np.abs(got).mean() > 1e-2  # a live function, not two zero outputs
+    # EMA and params both start from the T2I EMA; the report names loaded, new and reshaped tensors.
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(state.ema_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    report = reports[0]
+    assert "temporal_attn/out/kernel" in report and "new " in report
+    if temporal_patch == 2:
+        assert "dit/patch_embed/proj/kernel" in report and "copied along time and divided x2" in report
+        assert "dit/final_proj/bias" in report
+
+
+def test_high_res_t2v_takes_spatial_from_t2i_512_and_temporal_from_t2v_256(tmp_path):
+    _, t2i = save_stage(local_config("t2i_512"), tmp_path / "t2i_512", seed=2)
+    _, t2v = save_stage(local_config("t2v_256"), tmp_path / "t2v_256", seed=3)
+    config = local_config("t2v_512")
+    config.init.sources.t2i = str(tmp_path / "t2i_512")
+    config.init.sources.t2v = str(tmp_path / "t2v_256")
+    _, state = fresh_state(config)
+    reports = []
+    state = transition.initialize_from_sources(config, state, log=reports.append)
+
+    got = surgery.flatten(jax.device_get(state.params))
+    from_t2i = surgery.flatten(jax.device_get(t2i.ema_params))
+    from_t2v = surgery.flatten(jax.device_get(t2v.ema_params))
+    counts = {"t2i": 0, "t2v": 0, "inflated": 0}
+    for path, value in got.items():
+        if "/temporal_attn/" in path:
+            np.testing.assert_array_equal(value, from_t2v[path], err_msg=path)
+            assert path not in from_t2i, path  # the image model has no temporal attention
+            counts["t2v"] += 1
+        elif path == "dit/patch_embed/proj/kernel":
+            np.testing.assert_allclose(value, np.concatenate([from_t2i[path]] * 2) / 2, err_msg=path)
+            counts["inflated"] += 1
+        elif path.startswith("dit/final_proj/"):
+            np.testing.assert_array_equal(value, np.concatenate([from_t2i[path]] * 2, axis=-1), err_msg=path)
+            counts["inflated"] += 1
+        else:
+            np.testing.assert_array_equal(value, from_t2i[path], err_msg=path)
+            counts["t2i"] += 1
+    depth = size_fields(config.model.size)["depth"]
+    assert counts["t2v"] == (depth + config.model.decoder_depth) * 10, counts
+    assert counts["inflated"] == 3 and counts["t2i"] > 20, counts
+    # T2V-256's unused spatial weights are reported as dropped; T2I-512 gives everything it has.
+    assert "of t2v" in reports[0] and "of t2i" not in reports[0]
+
+
+def test_mismatches_are_refused_naming_every_parameter():
+    target = {"dit/patch_embed/proj/kernel": (96, 64), "dit/block_0/ffn/wi/kernel": (64, 256),
+              "dit/block_0/temporal_attn/out/kernel": (2, 32, 64), "dit/extra/bias": (64,)}
+    source = {"dit/patch_embed/proj/kernel": (48, 64), "dit/block_0/ffn/wi/kernel": (64, 128),
+              "dit/block_0/temporal_attn/out/kernel": (2, 32, 64)}
+    with pytest.raises(surgery.TransitionError) as err:
+        surgery.plan_transition(target, {"t2i": source}, [(r".*", "t2i")])
+    message = str(err.value)
+    assert "dit/block_0/ffn/wi/kernel: source [64, 128] vs target [64, 256]" in message
+    assert "dit/patch_embed/proj/kernel" in message and "inflate_patch_embed=True" in message
+    assert "missing from source 't2i'" in message and "dit/extra/bias" in message
+    with pytest.raises(surgery.TransitionError, match="covered by no config.init.assign pattern"):
+        surgery.plan_transition(target, {"t2i": source}, [(r"ffn", "t2i")])
+    with pytest.raises(surgery.TransitionError, match=r"sources \['t2v'\]"):
+        surgery.plan_transition(target, {"t2i": source}, [(r".*", "t2v")])
+
+
+def test_resolution_change_requires_the_interpolated_rope_scale(tmp_path):
+    save_stage(local_config("t2i_256"), tmp_path / "t2i", seed=4)
+    config = local_config("t2i_512")
+    config.data.resolution = 64  # token grid 4 -> 8: positions must be scaled by 0.5
+    config.init.sources.t2i = str(tmp_path / "t2i")
+    _, state = fresh_state(config)
+    with pytest.raises(surgery.TransitionError, match=r"rope_spatial_scale.*0\.5"):
+        transition.initialize_from_sources(config, state, log=print)
+
+
+def test_missing_source_checkpoint_names_the_config_key(tmp_path):
+    config = local_config("t2v_256")
+    config.init.sources.t2i = str(tmp_path / "nowhere")
+    _, state = fresh_state(config)
+    with pytest.raises(FileNotFoundError, match="config.init.sources.t2i"):
+        transition.initialize_from_sources(config, state)
