@@ -22,6 +22,7 @@ from stiv_jax.data.pipeline import make_iterator
 from stiv_jax.launch import distributed
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.parallel import rules as rules_lib
+from stiv_jax.stages import transition
 from stiv_jax.training import flops as flops_lib
 from stiv_jax.training import metrics as metrics_lib
 from stiv_jax.training import state as state_lib
@@ -82,6 +83,8 @@ def train(config, workdir: str) -> state_lib.TrainState:
             print(f"resumed from step {int(state.step)} in {workdir}")
     else:
         state, shardings = state_lib.init_state(boxed_params_fn, tx, mesh, rules)
+        # Stage transitions: weights from earlier stages' checkpoints (config.init), with a report.
+        state = transition.initialize_from_sources(config, state)
     if is_lead:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=1)

@@ -24,7 +24,11 @@ from stiv_jax.training.optimizer import build_optimizer
 
 
 def load_params(workdir: str, *, use_ema: bool = True):
-    """``(config, bundle, params)`` of the latest checkpoint in ``workdir``, on one device."""
+    """``(config, bundle, params)`` of the latest checkpoint in ``workdir`` (or of an export), on one device."""
+    from stiv_jax import export  # an exported directory (safetensors + config.json) needs no orbax
+    if export.is_export(workdir):
+        config, params = export.load_exported(workdir)
+        return config, build_model_bundle(config), params
     config = ml_collections.ConfigDict(ckpt.restore_config(workdir))
     bundle = build_model_bundle(config)
     tx = build_optimizer(config.optim)
