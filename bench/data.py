@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from stiv_jax.data import pipeline, schema  # noqa: E402
 from stiv_jax.data.build_shards import ClipSpec, build_shards, write_shard  # noqa: E402
+from report import write_section  # bench/report.py (sys.path[0] is bench/)
 
 
 def build_bench_shards(out: str, needed: int) -> str:
@@ -146,16 +147,6 @@ def latent_rate(out: str, args) -> tuple[float, str]:
     write_shard(os.path.join(path, "latents-00000-of-00001.array_record"), records)
     it = pipeline.make_iterator(data_config(path, args, workers=0, kind="latent", batch=8), seed=0, tokenize=None)
     return timed(lambda: next(it), 8, args.seconds), f"latents {shape} bf16 + text 120x4096 bf16"
-
-
-def write_section(text: str, path: str) -> None:
-    existing = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    start = existing.find("\n## data\n")
-    if start >= 0:
-        end = existing.find("\n## ", start + 1)
-        existing = existing[:start] + (existing[end:] if end >= 0 else "\n")
-    with open(path, "w") as f:
-        f.write(existing.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
 
 
 def main():

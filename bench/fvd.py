@@ -30,6 +30,7 @@ def features_rate(devices: int, batch: int, batches: int) -> dict:
     code = f"""
 import json, time, numpy as np, jax
 from stiv_jax.eval.i3d import I3DFeatureExtractor
+from report import write_section  # bench/report.py (sys.path[0] is bench/)
 ex = I3DFeatureExtractor(batch_size={batch})
 clips = np.random.default_rng(0).integers(0, 256, ({batch}, 16, 224, 224, 3), dtype=np.uint8)
 t = time.perf_counter(); ex(clips); compile_s = time.perf_counter() - t
@@ -72,16 +73,6 @@ def frechet_seconds() -> tuple[float, float]:
     ref_s = time.perf_counter() - t
     assert abs(ours - ref) < 1e-6 * abs(ref), (ours, ref)
     return ours_s, ref_s
-
-
-def write_section(text: str, path: str) -> None:
-    existing = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    start = existing.find("\n## fvd\n")
-    if start >= 0:
-        end = existing.find("\n## ", start + 1)
-        existing = existing[:start] + (existing[end:] if end >= 0 else "\n")
-    with open(path, "w") as f:
-        f.write(existing.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
 
 
 def main():

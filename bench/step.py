@@ -20,6 +20,7 @@ import argparse
 import os
 import re
 import sys
+from report import write_section  # bench/report.py (sys.path[0] is bench/)
 
 
 def parse_args():
@@ -68,16 +69,6 @@ def collective_bytes(hlo_text: str, num_devices: int) -> dict[str, int]:
             nbytes *= num_devices
         out[kind] = out.get(kind, 0) + nbytes
     return out
-
-
-def write_section(text: str, path: str) -> None:
-    existing = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-    start = existing.find("\n## step\n")
-    if start >= 0:
-        end = existing.find("\n## ", start + 1)
-        existing = existing[:start] + (existing[end:] if end >= 0 else "\n")
-    with open(path, "w") as f:
-        f.write(existing.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
 
 
 def main():
