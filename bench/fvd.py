@@ -19,6 +19,7 @@ import sys
 import time
 
 import numpy as np
+from report import write_section  # bench/report.py (sys.path[0] is bench/)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -30,7 +31,6 @@ def features_rate(devices: int, batch: int, batches: int) -> dict:
     code = f"""
 import json, time, numpy as np, jax
 from stiv_jax.eval.i3d import I3DFeatureExtractor
-from report import write_section  # bench/report.py (sys.path[0] is bench/)
 ex = I3DFeatureExtractor(batch_size={batch})
 clips = np.random.default_rng(0).integers(0, 256, ({batch}, 16, 224, 224, 3), dtype=np.uint8)
 t = time.perf_counter(); ex(clips); compile_s = time.perf_counter() - t
