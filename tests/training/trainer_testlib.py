@@ -22,6 +22,7 @@ def tiny_config(shards: str = "unused", **overrides):
     config.text.dim = 32
     config.text.max_length = 16
     config.data.frames = 4
+    config.diffusion.predict_frames = 2        # the demo's 4 given frames would be the whole 4-frame clip
     config.data.resolution = 16
     config.data.batch_size = 8
     config.data.num_threads = 1
