@@ -8,6 +8,9 @@ its weights start from) and gets the full config back. ``arg`` is big_vision sty
   runlocal             a CPU-sized run of the same stage: tiny model, 32x32 pixels, few frames and steps,
                        the demo shards (``make demo`` builds runs/demo_data)
   root=DIR             where the stage workdirs live; a stage's source checkpoints are ``{root}/{stage}_{size}``
+  unmasked             the stage's unmasked fine-tune (§2.7/5.1): all tokens, from this stage's finished MaskDiT
+                       run ``{root}/{stage}_{size}``, 100k steps for video (50k for images), written to
+                       ``{root}/{stage}_unmasked_{size}``
 
 Paper facts: ``../shared/STIV_SPEC.md`` sections 3 (sizes), 5 (recipe) and 7 (applications).
 """
@@ -18,7 +21,7 @@ import ml_collections
 SIZES = ("tiny", "XL", "XXL", "M")  # stiv_jax/model/sizes.py holds their depth, width and heads (Tab. 1)
 
 # Data-parallel layout per size: FSDP over every chip of a slice (batch over data x fsdp, weights over fsdp).
-# The M model's parameters, EMA and AdaFactor moments (~16 bytes/param, ~140 GB) only fit spread over a slice.
+# The M model's parameters, EMA and optimizer moments only fit spread over a slice.
 MESH_ICI = {
     "tiny": dict(data=-1, fsdp=1, context=1, tensor=1),
     "XL": dict(data=1, fsdp=-1, context=1, tensor=1),
@@ -26,7 +29,15 @@ MESH_ICI = {
     "M": dict(data=1, fsdp=-1, context=1, tensor=1),
 }
 
-STAGE_DEFAULTS = dict(size="XL", runlocal=False, root="runs")
+# The M model on 512x512 videos: one sample's activations (~13 GiB with the paper's remat) exceed a v5e chip, so
+# its tokens are split over 2 chips (context parallelism, weights sharded over fsdp x context) and the global
+# batch runs as 2 accumulated micro-batches. Measured fits (stiv_jax.compile; BENCHMARKS.md "## compile"):
+# v5p-256 and 4 x v5e-256 at the paper's global batch 1024.
+M_512_VIDEO_LAYOUT = dict(rules="fsdp_context", ici=dict(data=1, fsdp=-1, context=2, tensor=1),
+                          grad_accum_steps=2, attention_impl="xla")
+
+STAGE_DEFAULTS = dict(size="XL", runlocal=False, root="runs", unmasked=False)
+UNMASKED_STEPS = {"image": 50_000, "video": 100_000}  # unmasked fine-tune after MaskDiT (§2.7, §5.1)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -75,10 +86,17 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
         against the source checkpoints by ``stiv_jax.stages.transition``.
     """
     local = args.runlocal
+    unmasked_finetune = bool(args.unmasked)
+    if unmasked_finetune:
+        if not masked:
+            raise ValueError(f"config argument 'unmasked': stage {stage!r} already trains on all tokens; drop it")
+        source_stage, stage, masked = stage, f"{stage}_unmasked", False
+        total_steps = UNMASKED_STEPS["image" if frames == 1 else "video"]
+    layout = M_512_VIDEO_LAYOUT if (args.size == "M" and resolution >= 512 and frames > 1) else {}
     c = ml_collections.ConfigDict()
     c.stage = stage                        # name of this stage (workdir convention: {root}/{stage}_{size})
     c.seed = 0                             # seeds parameters, data order and per-step noise
-    c.total_steps = 20 if local else total_steps  # optimizer steps (paper: 400k masked + unmasked fine-tune)
+    c.total_steps = 20 if local else total_steps  # optimizer steps (paper: 400k masked, then 100k/50k unmasked)
     c.checkpoint_every = 10 if local else 5000    # steps between checkpoints (the last step is always saved)
     c.keep_checkpoints = 2 if local else 3        # newest checkpoints kept
     c.log_every = 1 if local else 100             # steps between metric rows
@@ -99,7 +117,8 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.model.decoder_depth = 2              # blocks over all tokens after un-masking (§2.7)
     c.model.scan_layers = not local        # nn.scan over blocks: one compiled body, fast compiles at depth 46
     c.model.remat_policy = "none" if local else "self_attention"  # save only self-attention outputs (§2.5)
-    c.model.attention_impl = "xla" if local else "splash"  # Pallas splash attention on TPU
+    # Pallas splash attention on TPU; XLA (GSPMD-partitioned) where tokens are split over the context axis.
+    c.model.attention_impl = "xla" if local else layout.get("attention_impl", "splash")
     c.model.dtype = "float32" if local else "bfloat16"  # compute dtype (INFERRED bf16 on TPU)
     c.model.param_dtype = "float32"        # master weights stay fp32
 
@@ -139,7 +158,7 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.diffusion.prediction = "velocity"    # the DiT predicts the velocity x1 - eps (§2.9)
 
     c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adamw"                 # TODO(issue 8): "adafactor" (§5.1) once the trainer offers it
+    c.optim.name = "adafactor"             # AdaFactor, factored second moments, chosen for memory (§5.1)
     c.optim.lr = 2e-4                      # constant peak LR (§5.1)
     c.optim.warmup_steps = 2 if local else 1000  # linear warmup (§5.1: 1k steps)
     c.optim.schedule = "constant"          # constant after warmup (§5.1)
@@ -149,10 +168,16 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.optim.weight_decay = 0.0             # no weight decay (§5.1)
     c.optim.grad_clip = 1.0                # global-norm clip (§5.1)
     c.optim.ema_decay = 0.9 if local else 0.9999  # EMA used for eval and for the next stage's init (App. B)
+    c.optim.min_dim_size_to_factor = 128   # AdaFactor: factor the second moment of matrices this big or more
+    c.optim.block_rms_clip = 0.0           # AdaFactor update clip by block RMS (0 = off; not stated for STIV)
+    c.optim.grad_accum_steps = layout.get("grad_accum_steps", 1)  # micro-batches per step (same global batch)
+    c.optim.max_nonfinite_steps = 10       # NaN/Inf updates are skipped; abort after this many in a row
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.ici = dict(MESH_ICI[args.size])  # per-slice axis sizes; -1 fills with the remaining chips
-    c.mesh.logical_rules = ()              # empty: stiv_jax.parallel.mesh.DEFAULT_LOGICAL_RULES (FSDP on embed)
+    c.mesh.ici = dict(layout.get("ici", MESH_ICI[args.size]))  # per-slice axis sizes; -1 fills the rest
+    c.mesh.dcn = dict(data=-1)             # across slices (multi-slice TPU): batch over the slices
+    c.mesh.rules = layout.get("rules", "default")  # logical-axis preset: default | fsdp | fsdp_tensor | fsdp_context
+    c.mesh.logical_rules = ()              # explicit (name, axes) pairs override the preset
 
     c.sample = ml_collections.ConfigDict()
     c.sample.num_steps = 4 if local else 50  # sampler steps (DiT-Air: 50)
@@ -164,12 +189,20 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.init.use_ema = True                  # initialise from the sources' EMA weights (App. B)
     c.init.assign = ()                     # (regex over parameter paths, source name | "new"); first match wins
     c.init.inflate_patch_embed = False     # allow temporal_patch 1 -> 2 inflation of the patch embed/output
+    if unmasked_finetune:                  # every weight from this stage's MaskDiT run (same shapes and grids)
+        c.init.sources.masked = stage_workdir(args, source_stage)
+        c.init.assign = ((EVERYTHING, "masked"),)
     return c
 
 
 def from_stage(args, config, stages: dict[str, str], assign: tuple[tuple[str, str], ...], *,
                inflate_patch_embed: bool = False) -> None:
-    """Points ``config.init`` at finished stages: ``stages`` maps a source name to the stage it comes from."""
+    """Points ``config.init`` at finished stages: ``stages`` maps a source name to the stage it comes from.
+
+    An unmasked fine-tune (``unmasked``) keeps the init ``stage_config`` gave it: its own stage's MaskDiT run.
+    """
+    if args.unmasked:
+        return
     for name, stage in stages.items():
         config.init.sources[name] = stage_workdir(args, stage)
     config.init.assign = tuple(assign)
