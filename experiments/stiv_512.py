@@ -4,8 +4,13 @@ Run (TPU pod; sizes XL, XXL, M; add root=DIR for the stage workdirs):
   python -m stiv_jax.train --config=experiments/stiv_512.py:size=XL --workdir=runs/stiv_512_XL
 CPU (tiny model, 32x32 demo clips; run the stages it starts from with runlocal first):
   python -m stiv_jax.train --config=experiments/stiv_512.py:runlocal --workdir=runs/local/stiv_512
+Unmasked fine-tune after the MaskDiT run (100k steps on all tokens, from {root}/stiv_512_{size}):
+  python -m stiv_jax.train --config=experiments/stiv_512.py:size=XL,unmasked --workdir=runs/stiv_512_unmasked_XL
 Fit check (ahead-of-time compile for a TPU slice, on this host):
   python -m stiv_jax.compile --config=experiments/stiv_512.py:size=M --topology=v5p-256
+  python -m stiv_jax.compile --config=experiments/stiv_512.py:size=M --topology=v5e-256 --num_slices=4
+Size M at 512: tokens split over 2 chips (mesh.rules=fsdp_context, context=2) and 2 accumulated micro-batches
+per step, so that it fits v5p-256 and 4 x v5e-256 at global batch 1024 (experiments/common.py).
 
 Starts from {root}/t2v_512_{size}: every weight. Without image dropout the M-512 model goes nearly static
 (App. E); stiv_jit_512 is the model to ship.

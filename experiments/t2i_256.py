@@ -4,6 +4,8 @@ Run (TPU pod; sizes XL, XXL, M; add root=DIR for the stage workdirs):
   python -m stiv_jax.train --config=experiments/t2i_256.py:size=XL --workdir=runs/t2i_256_XL
 CPU (tiny model, 32x32 demo clips; run the stages it starts from with runlocal first):
   python -m stiv_jax.train --config=experiments/t2i_256.py:runlocal --workdir=runs/local/t2i_256
+Unmasked fine-tune after the MaskDiT run (50k steps on all tokens, from {root}/t2i_256_{size}):
+  python -m stiv_jax.train --config=experiments/t2i_256.py:size=XL,unmasked --workdir=runs/t2i_256_unmasked_XL
 Fit check (ahead-of-time compile for a TPU slice, on this host):
   python -m stiv_jax.compile --config=experiments/t2i_256.py:size=M --topology=v5p-256
 

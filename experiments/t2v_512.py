@@ -4,8 +4,13 @@ Run (TPU pod; sizes XL, XXL, M; add root=DIR for the stage workdirs):
   python -m stiv_jax.train --config=experiments/t2v_512.py:size=XL --workdir=runs/t2v_512_XL
 CPU (tiny model, 32x32 demo clips; run the stages it starts from with runlocal first):
   python -m stiv_jax.train --config=experiments/t2v_512.py:runlocal --workdir=runs/local/t2v_512
+Unmasked fine-tune after the MaskDiT run (100k steps on all tokens, from {root}/t2v_512_{size}):
+  python -m stiv_jax.train --config=experiments/t2v_512.py:size=XL,unmasked --workdir=runs/t2v_512_unmasked_XL
 Fit check (ahead-of-time compile for a TPU slice, on this host):
   python -m stiv_jax.compile --config=experiments/t2v_512.py:size=M --topology=v5p-256
+  python -m stiv_jax.compile --config=experiments/t2v_512.py:size=M --topology=v5e-256 --num_slices=4
+Size M at 512: tokens split over 2 chips (mesh.rules=fsdp_context, context=2) and 2 accumulated micro-batches
+per step, so that it fits v5p-256 and 4 x v5e-256 at global batch 1024 (experiments/common.py).
 
 Starts from the spatial weights of {root}/t2i_512_{size} (patch embed inflated along time) and the temporal
 attention of {root}/t2v_256_{size}; spatial RoPE keeps T2I-512's interpolation, temporal RoPE T2V-256's.

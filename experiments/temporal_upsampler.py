@@ -4,6 +4,8 @@ Run (TPU pod; sizes XL, XXL, M; add root=DIR for the stage workdirs):
   python -m stiv_jax.train --config=experiments/temporal_upsampler.py:size=XL --workdir=runs/temporal_upsampler_XL
 CPU (tiny model, 32x32 demo clips; run the stages it starts from with runlocal first):
   python -m stiv_jax.train --config=experiments/temporal_upsampler.py:runlocal --workdir=runs/local/temporal_upsampler
+Unmasked fine-tune after the MaskDiT run (100k steps on all tokens, from {root}/temporal_upsampler_{size}):
+  python -m stiv_jax.train --config=experiments/temporal_upsampler.py:size=XL,unmasked --workdir=runs/temporal_upsampler_unmasked_XL
 Fit check (ahead-of-time compile for a TPU slice, on this host):
   python -m stiv_jax.compile --config=experiments/temporal_upsampler.py:size=M --topology=v5p-256
 

@@ -16,6 +16,8 @@ from stiv_jax.model.config import DiTConfig
 STAGES = ("t2i_256", "t2i_512", "t2v_256", "t2v_512", "t2v_256_40f", "stiv_256", "stiv_512", "stiv_jit_512",
           "video_prediction", "temporal_upsampler", "multiview", "long_video")
 VARIANTS = ("size=XL", "size=XXL", "size=M", "runlocal")
+UNMASKED = "size=M,unmasked"   # the unmasked fine-tune of every MaskDiT stage (multiview trains unmasked)
+MASKED_STAGES = tuple(s for s in STAGES if s != "multiview")
 GOLDEN_DIR = os.path.join(REPO_ROOT, "tests", "experiments", "golden")
 
 
@@ -24,13 +26,17 @@ def load(stage, arg):
 
 
 def golden_name(stage, arg):
-    return f"{stage}_{arg.replace('size=', '')}.json"
+    return f"{stage}_{arg.replace('size=', '').replace(',', '_')}.json"
+
+
+def variants(stage):
+    return VARIANTS + ((UNMASKED,) if stage in MASKED_STAGES else ())
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_config_matches_golden_dump(stage):
     mismatched = []
-    for arg in VARIANTS:
+    for arg in variants(stage):
         dump = json.dumps(load(stage, arg).to_dict(), indent=1, sort_keys=True) + "\n"
         path = os.path.join(GOLDEN_DIR, golden_name(stage, arg))
         if os.environ.get("STIV_UPDATE_GOLDEN"):
@@ -44,7 +50,7 @@ def test_config_matches_golden_dump(stage):
 
 
 def test_every_golden_file_belongs_to_a_config():
-    expected = {golden_name(s, a) for s in STAGES for a in VARIANTS}
+    expected = {golden_name(s, a) for s in STAGES for a in variants(s)}
     assert set(os.listdir(GOLDEN_DIR)) == expected
 
 
@@ -75,3 +81,36 @@ def test_config_argument_typo_names_the_key():
         load("t2v_256", "size=L")
     assert load("t2v_256", "size=M,root=gs://b/stiv").init.sources.t2i == "gs://b/stiv/t2i_256_M"
     assert common.parse_arg("runlocal", **common.STAGE_DEFAULTS).size == "tiny"
+
+
+@pytest.mark.parametrize("stage", MASKED_STAGES)
+def test_unmasked_finetune_continues_the_stage_on_all_tokens(stage):
+    """§2.7/5.1: MaskDiT pretraining, then an unmasked fine-tune of 50k (T2I) or 100k (T2V/TI2V) steps."""
+    masked, unmasked = load(stage, "size=M"), load(stage, UNMASKED)
+    assert masked.model.mask_ratio == 0.5 and unmasked.model.mask_ratio == 0.0
+    assert unmasked.total_steps == (50_000 if masked.data.frames == 1 else 100_000)
+    assert unmasked.stage == f"{stage}_unmasked"
+    assert dict(unmasked.init.sources) == {"masked": f"runs/{stage}_M"}
+    assert tuple(unmasked.init.assign) == ((common.EVERYTHING, "masked"),)
+    # Same model and grid as the masked run, so every parameter loads as is (RoPE scales unchanged).
+    for key in ("size", "decoder_depth", "temporal_patch", "rope_spatial_scale", "rope_temporal_scale"):
+        assert unmasked.model[key] == masked.model[key], key
+    assert unmasked.diffusion.tasks == masked.diffusion.tasks
+
+
+def test_unmasked_is_refused_where_the_stage_has_no_masking():
+    with pytest.raises(ValueError, match="'multiview' already trains on all tokens"):
+        load("multiview", UNMASKED)
+
+
+def test_paper_optimizer_and_the_measured_m512_layout():
+    """AdaFactor without weight decay (§5.1); the M-512 video stages use the layout measured to fit (BENCHMARKS)."""
+    for stage in STAGES:
+        optim = load(stage, "size=XL").optim
+        assert (optim.name, optim.b1, optim.weight_decay, optim.grad_clip) == ("adafactor", 0.9, 0.0, 1.0)
+    for stage in ("t2v_512", "stiv_512", "stiv_jit_512"):
+        config = load(stage, "size=M")
+        assert config.mesh.rules == "fsdp_context" and config.mesh.ici.context == 2
+        assert config.optim.grad_accum_steps == 2 and config.data.batch_size == 1024
+        assert config.model.remat_policy == "self_attention" and config.model.mask_ratio == 0.5
+        assert load(stage, "size=XL").mesh.rules == "default"
