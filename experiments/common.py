@@ -180,8 +180,16 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.mesh.logical_rules = ()              # explicit (name, axes) pairs override the preset
 
     c.sample = ml_collections.ConfigDict()
+    c.sample.solver = "euler" if local else "sde"  # euler | heun | sde (DiT-Air: 2nd-order Heun SDE)
     c.sample.num_steps = 4 if local else 50  # sampler steps (DiT-Air: 50)
+    c.sample.timestep_shift = 1.0          # grid t -> t / (t + s (1 - t)); none stated for STIV
+    c.sample.shift_reference_positions = 0  # > 0: shift *= sqrt(latent frames*h*w / this); 0 = off
+    c.sample.sde_noise_scale = 1.0         # g of the SDE diffusion w(t) = g (1 - t)
+    c.sample.guidance = "jit"              # JIT-CFG, one text+image null pass (§4.3) | sit | none
     c.sample.cfg_scale = 7.5               # JIT-CFG scale (App. B: 7.5 for T2V and STIV)
+    c.sample.cfg_image_scale = 1.5         # image scale of SIT-CFG (only read with guidance='sit')
+    c.sample.renorm = True                 # CFG-renormalisation to the conditional norm (App. A)
+    c.sample.null_image = "noisy"          # what the unconditional pass sees in given frames: noisy | zero
     c.sample.fps = 8                       # fps of written videos (1 of 3 frames of ~24 fps sources)
 
     c.init = ml_collections.ConfigDict()

@@ -25,6 +25,7 @@ def get_config(arg=None):
                       [(common.EVERYTHING, "stiv")])
     common.set_tasks(config, multiview=1.0)
     config.diffusion.null_image = "zero"    # the CFG negative view is a zero latent (§7)
+    config.sample.null_image = "zero"       # ... also when sampling
     config.diffusion.text_dropout = 1.0    # multi-view trains with the empty text only (§7)
     config.sample.cfg_scale = 3.5         # multi-view CFG scale (§7)
     return config

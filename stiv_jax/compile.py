@@ -54,12 +54,25 @@ class Topology:
     chip_config: str = "default"
 
 
+ALIASES = {"v5litepod": "v5e"}   # Cloud TPU's accelerator-type names of the same chips
+
+
+def valid_topologies() -> str:
+    """Every accepted ``--topology`` form with its sizes, for error messages."""
+    forms = []
+    for kind, chip in CHIPS.items():
+        grids = GRIDS_3D if chip["dims"] == 3 else GRIDS_2D
+        unit = "TensorCores" if chip["cores_per_chip"] > 1 else "chips"
+        forms.append(f"{kind}-N ({unit}: {', '.join(str(c * chip['cores_per_chip']) for c in sorted(grids))})")
+    return "; ".join(forms + ["v5litepod-N = v5e-N", "cpu-N (N fake host devices)"])
+
+
 def parse_topology(name: str, hbm_gib: float | None = None) -> Topology:
     """Parses a slice name; the error lists the accepted forms and sizes."""
-    match = re.fullmatch(r"(v4|v5p|v5e|v6e|cpu)-(\d+)", name.strip())
+    match = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e|cpu)-(\d+)", name.strip())
     if not match:
-        raise ValueError(f"--topology={name!r}: expected v4-N, v5p-N, v5e-N, v6e-N (Cloud TPU slice names) or cpu-N")
-    kind, n = match.group(1), int(match.group(2))
+        raise ValueError(f"--topology={name!r} is not a known slice name; valid: {valid_topologies()}")
+    kind, n = ALIASES.get(match.group(1), match.group(1)), int(match.group(2))
     override = None if hbm_gib is None else int(hbm_gib * GiB)
     if kind == "cpu":
         return Topology(name, "cpu", n, override)
@@ -225,9 +238,12 @@ def format_result(r: FitResult, hbm: int | None, *, scanned: bool) -> str:
 
 def main(argv):
     del argv
-    from absl import flags
+    from absl import app, flags
     f = flags.FLAGS
-    topology = parse_topology(f.topology, f.hbm_gib)
+    try:
+        topology = parse_topology(f.topology, f.hbm_gib)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
     results = fit_check(f.config, topology, num_slices=f.num_slices)
     hbm = topology.hbm_bytes
     sys.exit(0 if all(r.fits(hbm) is not False for r in results) else 1)

@@ -66,6 +66,8 @@ def export(workdir: str, out: str, *, dtype: str = "fp32", step: int | None = No
         total = sum(v.size * v.dtype.itemsize for v in flat.values())
         with open(os.path.join(out, INDEX), "w") as f:
             json.dump({"metadata": {"total_size": total, **meta}, "weight_map": weight_map}, f, indent=1)
+    for name in files:   # safetensors writes through a private temp file (mode 0600): make it readable as usual
+        os.chmod(os.path.join(out, name), 0o644)
     num_params = sum(int(np.prod(v.shape)) for v in flat.values())
     summary = dict(workdir=os.path.abspath(workdir), step=source.step, weights=source.subtree, dtype=dtype,
                    tensors=len(flat), parameters=num_params, files=files)

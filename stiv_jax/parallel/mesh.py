@@ -81,7 +81,12 @@ def build_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     if math.prod(dcn_shape) > 1:
         from jax.experimental import mesh_utils
-        device_array = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
+        try:
+            device_array = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices)
+        except (ValueError, NotImplementedError, AssertionError):
+            # An axis that is no product of physical torus axes (e.g. context=2 on a 16x16 v5e slice).
+            device_array = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
+                                                                allow_split_physical_axes=True)
     else:
         try:
             from jax.experimental import mesh_utils

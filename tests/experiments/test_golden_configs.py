@@ -114,3 +114,16 @@ def test_paper_optimizer_and_the_measured_m512_layout():
         assert config.optim.grad_accum_steps == 2 and config.data.batch_size == 1024
         assert config.model.remat_policy == "self_attention" and config.model.mask_ratio == 0.5
         assert load(stage, "size=XL").mesh.rules == "default"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_sample_section_builds_the_sampler(stage):
+    """`stiv_jax.sample` (and an export of the run) reads its solver and guidance from config.sample."""
+    from stiv_jax.diffusion.guidance import Guidance
+    from stiv_jax.sampling.generate import SolverSettings
+    for arg in ("size=M", "runlocal"):
+        config = load(stage, arg)
+        guidance = Guidance.from_config(config.sample)
+        solver = SolverSettings.from_config(config.sample, (config.data.frames, 8, 8, 4))
+        assert guidance.mode == "jit" and guidance.renorm and solver.num_steps == config.sample.num_steps
+        assert guidance.null_image == ("zero" if stage == "multiview" else "noisy")

@@ -36,8 +36,9 @@ def test_topology_names_map_to_libtpu_grids_and_hbm():
     assert compile_lib.parse_topology("v6e-64").topology_name == "v6e:8x8"
     with pytest.raises(ValueError, match="v5p slices come in sizes"):
         compile_lib.parse_topology("v5p-12")
-    with pytest.raises(ValueError, match="cpu-N"):
+    with pytest.raises(ValueError, match=r"'tpu-8' is not a known slice name; valid: v4-N .* v5e-N \(chips: 1, 4"):
         compile_lib.parse_topology("tpu-8")
+    assert compile_lib.parse_topology("v5litepod-16").topology_name == "v5e:4x4"   # Cloud TPU's name for v5e
 
 
 def test_tpu_topology_compiles_on_this_host_or_names_the_missing_libtpu():
