@@ -11,6 +11,7 @@ its weights start from) and gets the full config back. ``arg`` is big_vision sty
   unmasked             the stage's unmasked fine-tune (§2.7/5.1): all tokens, from this stage's finished MaskDiT
                        run ``{root}/{stage}_{size}``, 100k steps for video (50k for images), written to
                        ``{root}/{stage}_unmasked_{size}``
+  tpu=v5p|v5e          the measured memory layout of the M model at 512x512 video (see M_512_VIDEO_LAYOUTS)
 
 Paper facts: ``../shared/STIV_SPEC.md`` sections 3 (sizes), 5 (recipe) and 7 (applications).
 """
@@ -29,14 +30,16 @@ MESH_ICI = {
     "M": dict(data=1, fsdp=-1, context=1, tensor=1),
 }
 
-# The M model on 512x512 videos: one sample's activations (~13 GiB with the paper's remat) exceed a v5e chip, so
-# its tokens are split over 2 chips (context parallelism, weights sharded over fsdp x context) and the global
-# batch runs as 2 accumulated micro-batches. Measured fits (stiv_jax.compile; BENCHMARKS.md "## compile"):
-# v5p-256 and 4 x v5e-256 at the paper's global batch 1024.
-M_512_VIDEO_LAYOUT = dict(rules="fsdp_context", ici=dict(data=1, fsdp=-1, context=2, tensor=1),
-                          grad_accum_steps=2, attention_impl="xla")
-
-STAGE_DEFAULTS = dict(size="XL", runlocal=False, root="runs", unmasked=False)
+# The M model on 512x512 videos (config argument tpu=v5p|v5e): with the paper's remat one sample's activations
+# take ~13 GiB, so the paper's global batch 1024 runs as 2 accumulated micro-batches of 4 samples per chip on
+# v5p-256 (95 GiB chips); a v5e chip (16 GiB) cannot hold one sample with that remat, so on 4 x v5e-256
+# (1 sample per chip) only the block inputs are kept and the rest is recomputed. Measured with stiv_jax.compile
+# (BENCHMARKS.md "## compile"); other sizes and resolutions ignore ``tpu``.
+M_512_VIDEO_LAYOUTS = {
+    "v5p": dict(grad_accum_steps=2),
+    "v5e": dict(remat_policy="full"),
+}
+STAGE_DEFAULTS = dict(size="XL", runlocal=False, root="runs", unmasked=False, tpu="v5p")
 UNMASKED_STEPS = {"image": 50_000, "video": 100_000}  # unmasked fine-tune after MaskDiT (§2.7, §5.1)
 
 
@@ -56,6 +59,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
             values[key] = type(values[key])(value.strip())
     if values.get("runlocal"):
         values["size"] = "tiny"
+    if values.get("tpu", "v5p") not in M_512_VIDEO_LAYOUTS:
+        raise ValueError(f"tpu={values['tpu']!r} is not known; valid: {sorted(M_512_VIDEO_LAYOUTS)}")
     if values["size"] not in SIZES:
         raise ValueError(f"size={values['size']!r} is not known; valid sizes: {sorted(SIZES)}")
     return ml_collections.ConfigDict(values)
@@ -92,7 +97,7 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
             raise ValueError(f"config argument 'unmasked': stage {stage!r} already trains on all tokens; drop it")
         source_stage, stage, masked = stage, f"{stage}_unmasked", False
         total_steps = UNMASKED_STEPS["image" if frames == 1 else "video"]
-    layout = M_512_VIDEO_LAYOUT if (args.size == "M" and resolution >= 512 and frames > 1) else {}
+    layout = M_512_VIDEO_LAYOUTS[args.tpu] if (args.size == "M" and resolution >= 512 and frames > 1) else {}
     c = ml_collections.ConfigDict()
     c.stage = stage                        # name of this stage (workdir convention: {root}/{stage}_{size})
     c.seed = 0                             # seeds parameters, data order and per-step noise
@@ -116,9 +121,9 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.model.mask_ratio = 0.5 if masked else 0.0  # MaskDiT spatial token drop (§2.7: 50% in pretraining)
     c.model.decoder_depth = 2              # blocks over all tokens after un-masking (§2.7)
     c.model.scan_layers = not local        # nn.scan over blocks: one compiled body, fast compiles at depth 46
-    c.model.remat_policy = "none" if local else "self_attention"  # save only self-attention outputs (§2.5)
-    # Pallas splash attention on TPU; XLA (GSPMD-partitioned) where tokens are split over the context axis.
-    c.model.attention_impl = "xla" if local else layout.get("attention_impl", "splash")
+    # Save only the self-attention outputs for the backward pass (§5.1); "full" keeps only block inputs.
+    c.model.remat_policy = "none" if local else layout.get("remat_policy", "self_attention")
+    c.model.attention_impl = "xla" if local else "splash"  # Pallas splash attention on TPU
     c.model.dtype = "float32" if local else "bfloat16"  # compute dtype (INFERRED bf16 on TPU)
     c.model.param_dtype = "float32"        # master weights stay fp32
 
@@ -174,9 +179,9 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.optim.max_nonfinite_steps = 10       # NaN/Inf updates are skipped; abort after this many in a row
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.ici = dict(layout.get("ici", MESH_ICI[args.size]))  # per-slice axis sizes; -1 fills the rest
+    c.mesh.ici = dict(MESH_ICI[args.size])  # per-slice axis sizes; -1 fills with the remaining chips
     c.mesh.dcn = dict(data=-1)             # across slices (multi-slice TPU): batch over the slices
-    c.mesh.rules = layout.get("rules", "default")  # logical-axis preset: default | fsdp | fsdp_tensor | fsdp_context
+    c.mesh.rules = "default"               # logical-axis preset: default | fsdp | fsdp_tensor | fsdp_context
     c.mesh.logical_rules = ()              # explicit (name, axes) pairs override the preset
 
     c.sample = ml_collections.ConfigDict()

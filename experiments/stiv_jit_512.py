@@ -8,9 +8,9 @@ Unmasked fine-tune after the MaskDiT run (100k steps on all tokens, from {root}/
   python -m stiv_jax.train --config=experiments/stiv_jit_512.py:size=XL,unmasked --workdir=runs/stiv_jit_512_unmasked_XL
 Fit check (ahead-of-time compile for a TPU slice, on this host):
   python -m stiv_jax.compile --config=experiments/stiv_jit_512.py:size=M --topology=v5p-256
-  python -m stiv_jax.compile --config=experiments/stiv_jit_512.py:size=M --topology=v5e-256 --num_slices=4
-Size M at 512: tokens split over 2 chips (mesh.rules=fsdp_context, context=2) and 2 accumulated micro-batches
-per step, so that it fits v5p-256 and 4 x v5e-256 at global batch 1024 (experiments/common.py).
+  python -m stiv_jax.compile --config=experiments/stiv_jit_512.py:size=M,tpu=v5e --topology=v5e-256 --num_slices=4
+Size M at 512 (BENCHMARKS.md "## compile"): tpu=v5p (default) runs the global batch 1024 as 2 micro-batches with the
+paper's remat on v5p-256; tpu=v5e keeps 1 sample per chip on 4 x v5e-256 and rematerialises whole blocks.
 
 Starts from {root}/t2v_512_{size}: every weight. The image condition is dropped for 8% of samples (they train
 as T2V), independently of the 10% text dropout; sampling uses JIT-CFG s = 7.5.

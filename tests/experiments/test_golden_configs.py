@@ -26,11 +26,12 @@ def load(stage, arg):
 
 
 def golden_name(stage, arg):
-    return f"{stage}_{arg.replace('size=', '').replace(',', '_')}.json"
+    return f"{stage}_{arg.replace('size=', '').replace('tpu=', '').replace(',', '_')}.json"
 
 
 def variants(stage):
-    return VARIANTS + ((UNMASKED,) if stage in MASKED_STAGES else ())
+    v5e = ("size=M,tpu=v5e",) if stage in ("t2v_512", "stiv_512", "stiv_jit_512") else ()
+    return VARIANTS + ((UNMASKED,) if stage in MASKED_STAGES else ()) + v5e
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -109,11 +110,16 @@ def test_paper_optimizer_and_the_measured_m512_layout():
         optim = load(stage, "size=XL").optim
         assert (optim.name, optim.b1, optim.weight_decay, optim.grad_clip) == ("adafactor", 0.9, 0.0, 1.0)
     for stage in ("t2v_512", "stiv_512", "stiv_jit_512"):
-        config = load(stage, "size=M")
-        assert config.mesh.rules == "fsdp_context" and config.mesh.ici.context == 2
-        assert config.optim.grad_accum_steps == 2 and config.data.batch_size == 1024
-        assert config.model.remat_policy == "self_attention" and config.model.mask_ratio == 0.5
-        assert load(stage, "size=XL").mesh.rules == "default"
+        v5p, v5e = load(stage, "size=M"), load(stage, "size=M,tpu=v5e")
+        for config in (v5p, v5e):
+            assert config.data.batch_size == 1024 and config.model.mask_ratio == 0.5
+            assert config.mesh.rules == "default" and config.mesh.ici.fsdp == -1
+        assert (v5p.model.remat_policy, v5p.optim.grad_accum_steps) == ("self_attention", 2)
+        assert (v5e.model.remat_policy, v5e.optim.grad_accum_steps) == ("full", 1)
+        xl = load(stage, "size=XL,tpu=v5e")   # other sizes keep the paper's remat and one micro-batch
+        assert (xl.model.remat_policy, xl.optim.grad_accum_steps) == ("self_attention", 1)
+    with pytest.raises(ValueError, match="tpu='v4' is not known"):
+        load("t2v_512", "size=M,tpu=v4")
 
 
 @pytest.mark.parametrize("stage", STAGES)
