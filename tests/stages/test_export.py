@@ -7,6 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from safetensors import safe_open
 
 from conftest import REPO_ROOT
@@ -16,14 +17,23 @@ from stiv_jax.training.model_bundle import build_model_bundle
 from test_transitions import local_config, save_stage, velocity
 
 
-def test_exported_velocity_equals_the_checkpoint_ema_velocity(tmp_path):
+@pytest.fixture(scope="module")
+def t2v_stage(tmp_path_factory):
+    """A finished tiny T2V-256 run (EMA differs from the raw parameters), exported by both tests."""
+    workdir = tmp_path_factory.mktemp("t2v_256_run")
     config = local_config("t2v_256")
-    bundle, state = save_stage(config, tmp_path / "run", seed=5)
+    bundle, state = save_stage(config, workdir, seed=5)
+    return workdir, config, bundle, state
+
+
+def test_exported_velocity_equals_the_checkpoint_ema_velocity(tmp_path, t2v_stage):
+    run, config, bundle, state = t2v_stage
     out = tmp_path / "export"
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
-    subprocess.run([sys.executable, "-m", "stiv_jax.export", f"--workdir={tmp_path / 'run'}", f"--out={out}"],
+    subprocess.run([sys.executable, "-m", "stiv_jax.export", f"--workdir={run}", f"--out={out}"],
                    check=True, cwd=REPO_ROOT, env=env)
-    assert export_lib.is_export(str(out)) and not export_lib.is_export(str(tmp_path / "run"))
+    assert export_lib.is_export(str(out)) and not export_lib.is_export(str(run))
+    assert all(os.stat(p).st_mode & 0o044 == 0o044 for p in out.iterdir())   # readable by group and others
     loaded_config, params = export_lib.load_exported(str(out))
     assert loaded_config.to_dict() == json.loads(json.dumps(config.to_dict()))
     latents = jax.random.normal(jax.random.key(0), (2,) + bundle.latent_shape)
@@ -40,10 +50,9 @@ def test_exported_velocity_equals_the_checkpoint_ema_velocity(tmp_path):
     assert json.loads((out / "config.json").read_text())["export"]["step"] == 7
 
 
-def test_bf16_export_is_sharded_with_an_index_and_close_to_fp32(tmp_path):
-    config = local_config("t2v_256")
-    bundle, state = save_stage(config, tmp_path / "run", seed=6)
-    summary = export_lib.export(str(tmp_path / "run"), str(tmp_path / "bf16"), dtype="bf16", max_shard_bytes=50_000)
+def test_bf16_export_is_sharded_with_an_index_and_close_to_fp32(tmp_path, t2v_stage):
+    run, config, bundle, state = t2v_stage
+    summary = export_lib.export(str(run), str(tmp_path / "bf16"), dtype="bf16", max_shard_bytes=50_000)
     assert len(summary["files"]) > 1
     index = json.loads((tmp_path / "bf16" / export_lib.INDEX).read_text())
     assert set(index["weight_map"]) == set(surgery.flatten(jax.device_get(state.ema_params)))
