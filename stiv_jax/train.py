@@ -65,6 +65,9 @@ def train(config, workdir: str) -> state_lib.TrainState:
     is_lead = jax.process_index() == 0
     if is_lead:
         print(f"mesh {dict(mesh.shape)} over {mesh.size} devices, {jax.process_count()} process(es)")
+    if config.get("sample_every", 0):
+        from stiv_jax.training import validation
+        validation.check_settings(config)  # a typo in config.eval.validation fails now, not at the first validation
 
     # ----------------------------------------------------------------- data
     data_iter = make_iterator(config.data, seed=config.seed, tokenize=bundle.tokenize,
@@ -156,10 +159,6 @@ def train(config, workdir: str) -> state_lib.TrainState:
                 progress.set_postfix(loss=f"{row['loss']:.4f}", skipped=int(row["skipped_steps"]))
                 if is_lead and config.get("console_metrics", True):
                     progress.write(metrics_lib.format_row(done, row))
-            if sample_every and done % sample_every == 0:
-                from stiv_jax.training import validation  # written by the eval area (config.sample_every)
-                validation.run_validation(config=config, workdir=workdir, step=done, params=state.ema_params,
-                                          bundle=bundle, mesh=mesh, rules=rules, writer=writer)
             preempted = watcher.should_stop(done)
             if preempted or done % config.checkpoint_every == 0 or done == config.total_steps:
                 ckpt.save(manager, done, state=state, data_iter=data_iter, config=config)
@@ -168,6 +167,10 @@ def train(config, workdir: str) -> state_lib.TrainState:
                 if is_lead:
                     print(f"preempted: saved step {done}, exiting")
                 break
+            if sample_every and done % sample_every == 0:  # after the save: a failing validation loses no steps
+                from stiv_jax.training import validation
+                validation.run_validation(config=config, workdir=workdir, step=done, params=state.ema_params,
+                                          bundle=bundle, mesh=mesh, rules=rules, writer=writer)
     manager.wait_until_finished()
     manager.close()
     writer.close()
