@@ -7,6 +7,7 @@ requests share that executable (the given-frame mask is an array argument, all F
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 from stiv_jax.diffusion import tasks
@@ -31,18 +32,26 @@ class EvalSampler:
     """
 
     def __init__(self, run_config, bundle, *, num_steps: int | None = None, cfg_scale: float | None = None,
-                 batch_size: int = 1):
+                 batch_size: int = 1, mesh: jax.sharding.Mesh | None = None):
         self.config = run_config
         self.batch_size = max(1, int(batch_size))
         guidance = Guidance.from_config(run_config.sample, scale=cfg_scale)
         solver = SolverSettings.from_config(run_config.sample, bundle.latent_shape, num_steps=num_steps)
         # Parameters are set per call; the generator's jitted model call takes them as an argument.
         self.generator = Generator(bundle, None, guidance, solver)
+        self._jitted = self.generator._velocity  # noqa: SLF001
+        if mesh is not None:
+            # Under the training mesh the solver's inputs arrive with differing shardings (host-made noise and
+            # masks, mesh-sharded states after the first step), each a compile of its own; placing every input
+            # replicated on the mesh gives the model call one input layout.
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            jitted = self._jitted
+            self.generator._velocity = lambda params, *inputs: jitted(params, *jax.device_put(inputs, replicated))
 
     @property
     def num_compiled(self) -> int:
         """Executables of the guided model call compiled so far (1 after any number of calls)."""
-        return self.generator._velocity._cache_size()  # noqa: SLF001 - jax's per-function compile cache
+        return self._jitted._cache_size()  # noqa: SLF001 - jax's per-function compile cache
 
     def __call__(self, params, prompts: list[str], *, seeds: list[int],
                  first_frames: np.ndarray | None = None) -> np.ndarray:

@@ -99,7 +99,8 @@ def test_validation_writes_t2v_and_ti2v_grids_to_workdir_and_tensorboard(validat
         f"step_{s:08d}_{kind}.{ext}" for s in (5, 10) for kind in ("t2v", "ti2v") for ext in ("gif", "mp4")]
     t2v = video_io.decode_frames(os.path.join(workdir, "validation", "step_00000005_t2v.mp4"))
     assert t2v.shape == (FRAMES, 2 + 2 * 18, 2 + 2 * 18, 3)  # 3 cells of 16x16 in a 2x2 grid, 2-pixel borders
-    assert t2v[:, 20:36, 20:36].max() < 16  # the fourth cell is empty (black, up to codec noise)
+    assert t2v[:, 20:36, 20:36].mean() < 6 < t2v[:, 2:18, 2:18].mean()  # the fourth cell is empty (black, up to
+    # codec noise bleeding in from its neighbours), the first is a sample
     ti2v = video_io.decode_frames(os.path.join(workdir, "validation", "step_00000005_ti2v.mp4"))
     assert ti2v.shape == (FRAMES, 2 + 18, 2 + 2 * 18, 3)  # 2 cells in one row
     images = _tensorboard_images(os.path.join(workdir, "tensorboard"))
@@ -136,8 +137,8 @@ def test_validation_fvd_against_heldout_clips_is_logged_and_stable(validated):
     assert np.isfinite(metrics[0]["validation/fvd"]) and metrics[0]["validation/fvd"] > 100
     assert metrics[1]["validation/fvd"] == pytest.approx(metrics[0]["validation/fvd"], rel=1e-6)
     rows = read_metrics(validated["writer"].path)
-    assert [(r["step"], r["validation/fvd"]) for r in rows] == pytest.approx(
-        [(5, metrics[0]["validation/fvd"]), (10, metrics[1]["validation/fvd"])])
+    assert [r["step"] for r in rows] == [5, 10]
+    assert [r["validation/fvd"] for r in rows] == pytest.approx([m["validation/fvd"] for m in metrics])
 
 
 def test_repeated_validation_compiles_the_sampler_and_i3d_once(validated):
@@ -146,9 +147,10 @@ def test_repeated_validation_compiles_the_sampler_and_i3d_once(validated):
     assert validated["compiled"] == dict(sampler=1, i3d=1, i3d_devices=8)
 
 
-def test_validation_schedule_and_settings_are_checked(tiny_run):
+def test_validation_schedule_and_settings_are_checked(tiny_run, tmp_path):
     config = tiny_run[0].copy_and_resolve_references()
     config.sample_every = 5
+    config.eval = {"validation": {"ti2v_samples": 0}}
     validator = val.Validator(config, "unused", sample_fn=None)
     assert [validator.due(s) for s in (0 + 3, 5, 7, 10)] == [False, True, False, True]
     assert validator.maybe_run(3, None) is None
@@ -158,4 +160,7 @@ def test_validation_schedule_and_settings_are_checked(tiny_run):
         val.Validator(config, "unused", sample_fn=None)
     config.eval = {"validation": {"fvd_clip": 2}}
     with pytest.raises(ValueError, match=r"unknown keys \['fvd_clip'\]"):
+        val.check_settings(config)   # what the train loop runs at start-up
+    config.eval = {"validation": {"heldout": str(tmp_path / "missing")}}
+    with pytest.raises(ValueError, match="config.eval.validation.heldout: .*missing.* holds no"):
         val.Validator(config, "unused", sample_fn=None)
