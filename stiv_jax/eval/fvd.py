@@ -8,6 +8,7 @@ Prints the FVD and the clip counts; unreadable or too-short videos are skipped a
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -46,10 +47,14 @@ class FVDResult:
 def fvd_of_sources(real: str, fake: str, *, windows: clips_lib.ClipWindows = clips_lib.ClipWindows(),
                    max_clips: int | None = None, extractor: I3DFeatureExtractor | None = None) -> FVDResult:
     """FVD between the clips of two directories/globs of videos or shards (see module docstring)."""
+    for source in (real, fake):
+        clips_lib.list_clip_sources(source)  # a wrong path fails before any feature is computed
     extractor = extractor or I3DFeatureExtractor()
     reports = clips_lib.ClipSetReport(), clips_lib.ClipSetReport()
-    features = [extractor(clips_lib.iter_clips(source, windows, max_clips=max_clips, report=report))
-                for source, report in zip((real, fake), reports)]
+    # Both sets stream through one extractor call, so only the last batch is padded; the real clips come first.
+    both = extractor(itertools.chain(*(clips_lib.iter_clips(source, windows, max_clips=max_clips, report=report)
+                                       for source, report in zip((real, fake), reports))))
+    features = both[:reports[0].clips], both[reports[0].clips:]
     for (source, report), feats in zip(zip((real, fake), reports), features):
         if len(feats) < 2:
             raise ValueError(f"{source!r} gave {len(feats)} usable clips of {windows.num_frames} frames; "
