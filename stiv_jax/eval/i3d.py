@@ -127,7 +127,8 @@ class I3DFeatureExtractor:
     def _run(self, videos: list[np.ndarray]) -> np.ndarray:
         batch = np.zeros((self.batch_size,) + videos[0].shape, np.float32)
         batch[:len(videos)] = np.stack(videos)
-        logits = self._features(self.variables, jax.device_put(batch, self._batch_sharding))
+        with jax.set_mesh(self.mesh):  # the same executable whatever mesh the caller has set (e.g. training's)
+            logits = self._features(self.variables, jax.device_put(batch, self._batch_sharding))
         return np.asarray(logits)[:len(videos)]
 
 
