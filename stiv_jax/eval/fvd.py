@@ -17,7 +17,7 @@ from absl import app, flags
 
 from stiv_jax.eval import clips as clips_lib
 from stiv_jax.eval.frechet import frechet_distance, gaussian_stats
-from stiv_jax.eval.i3d import I3DFeatureExtractor
+from stiv_jax.eval.i3d import MIN_FRAMES, I3DFeatureExtractor
 
 
 def fvd_from_features(real_features: np.ndarray, fake_features: np.ndarray) -> float:
@@ -65,10 +65,15 @@ def fvd_of_sources(real: str, fake: str, *, windows: clips_lib.ClipWindows = cli
 def main(argv):
     del argv
     f = flags.FLAGS
+    if f.num_frames < MIN_FRAMES:
+        raise app.UsageError(f"--num_frames={f.num_frames}: I3D needs at least {MIN_FRAMES} frames (FVD uses 16)")
     windows = clips_lib.ClipWindows(num_frames=f.num_frames, frame_stride=f.frame_stride,
                                     clips_per_video=f.clips_per_video)
-    result = fvd_of_sources(f.real, f.fake, windows=windows, max_clips=f.max_clips,
-                            extractor=I3DFeatureExtractor(batch_size=f.batch_size))
+    try:
+        result = fvd_of_sources(f.real, f.fake, windows=windows, max_clips=f.max_clips,
+                                extractor=I3DFeatureExtractor(batch_size=f.batch_size))
+    except (FileNotFoundError, ValueError) as e:   # a wrong path or too few usable clips: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     print(result.summary())
 
 

@@ -164,7 +164,7 @@ def main(argv):
     from absl import flags
 
     from stiv_jax.eval.generation import EvalSampler
-    from stiv_jax.sample import load_params
+    from stiv_jax.sampling.run import load_params  # (stiv_jax.sample defines flags of the same names)
     f = flags.FLAGS
     run_config, bundle, params = load_params(f.workdir, use_ema=f.ema)
     config = vbench_config(run_config)
