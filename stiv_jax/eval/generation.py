@@ -7,11 +7,14 @@ requests share that executable (the given-frame mask is an array argument, all F
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import numpy as np
 
 from stiv_jax.diffusion import tasks
 from stiv_jax.diffusion.guidance import Guidance
+from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.sampling.generate import Generator, SolverSettings, default_micro_conditions
 
 
@@ -29,12 +32,20 @@ class EvalSampler:
       num_steps: solver steps (None: ``config.sample.num_steps``).
       cfg_scale: guidance scale (None: ``config.sample.cfg_scale``).
       batch_size: videos per model call; requests are split and padded to it (one compiled shape).
+      mesh, rules: the mesh the params live on (the training mesh during validation) and its logical rules;
+        ``batch_size`` is then rounded up to a multiple of the batch axes' size, so the model's batch sharding
+        divides evenly.
     """
 
     def __init__(self, run_config, bundle, *, num_steps: int | None = None, cfg_scale: float | None = None,
-                 batch_size: int = 1, mesh: jax.sharding.Mesh | None = None):
+                 batch_size: int = 1, mesh: jax.sharding.Mesh | None = None, rules=None):
         self.config = run_config
         self.batch_size = max(1, int(batch_size))
+        if mesh is not None:
+            batch_axes = mesh_lib.batch_sharding(mesh, rules or mesh_lib.DEFAULT_LOGICAL_RULES, 1).spec[0]
+            batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
+            shards = math.prod(mesh.shape[a] for a in batch_axes)
+            self.batch_size = -(-self.batch_size // shards) * shards
         guidance = Guidance.from_config(run_config.sample, scale=cfg_scale)
         solver = SolverSettings.from_config(run_config.sample, bundle.latent_shape, num_steps=num_steps)
         # Parameters are set per call; the generator's jitted model call takes them as an argument.

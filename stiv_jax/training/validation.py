@@ -214,18 +214,19 @@ def run_validation(*, config, workdir: str, step: int, params, bundle, mesh=None
     first call and kept for the process. Returns the metrics written (``validation/fvd`` when configured)."""
     validator = _VALIDATORS.get(workdir)
     if validator is None:
-        validator = Validator(config, workdir, make_sample_fn(config, bundle, mesh=mesh), metric_writer=writer, mesh=mesh,
-                              rules=rules)
+        sample_fn = make_sample_fn(config, bundle, mesh=mesh, rules=rules)
+        validator = Validator(config, workdir, sample_fn, metric_writer=writer, mesh=mesh, rules=rules)
         _VALIDATORS[workdir] = validator
     return validator.run(step, params)
 
 
-def make_sample_fn(run_config, bundle, *, mesh=None) -> SampleFn:
+def make_sample_fn(run_config, bundle, *, mesh=None, rules=None) -> SampleFn:
     """The run's sampler as a :data:`SampleFn` (``config.sample`` solver and guidance; steps and scale unless
     validation overrides them): an :class:`~stiv_jax.eval.generation.EvalSampler` built once, whose batch holds
-    every T2V prompt and every TI2V cell, so each validation reuses one compiled model call (``mesh``: the
-    training mesh the params live on)."""
+    every T2V prompt and every TI2V cell, so each validation reuses one compiled model call (``mesh``/``rules``:
+    the training mesh the params live on)."""
     from stiv_jax.eval.generation import EvalSampler
     c = validation_config(run_config)
     batch = max(len(c.prompts), int(c.ti2v_samples) if c.heldout else 0, 1)
-    return EvalSampler(run_config, bundle, num_steps=c.num_steps, cfg_scale=c.cfg_scale, batch_size=batch, mesh=mesh)
+    return EvalSampler(run_config, bundle, num_steps=c.num_steps, cfg_scale=c.cfg_scale, batch_size=batch, mesh=mesh,
+                       rules=rules)

@@ -148,6 +148,7 @@ def test_repeated_validation_compiles_the_sampler_and_i3d_once(validated):
     # of I3D, which runs data-parallel over all 8 devices of the training mesh.
     # (tests/eval/test_fvd.py may have compiled I3D for these 16-frame clips already: the same executable.)
     assert validated["compiled"] == [dict(sampler=1, i3d=1, i3d_devices=8)] * 2
+    assert validated["validator"].sample_fn.batch_size == 4   # 3 prompts, rounded up to the data axis (2)
 
 
 def test_validation_schedule_and_settings_are_checked(tiny_run, tmp_path):
