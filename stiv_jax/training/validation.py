@@ -4,7 +4,9 @@ TensorBoard and the workdir, and compute FVD against held-out real clips when co
 Runs every ``config.sample_every`` optimizer steps (0 or absent: never); the other settings live in
 ``config.eval.validation`` (see :func:`default_validation_config`). The train loop calls
 ``run_validation(config=..., workdir=..., step=..., params=state.ema_params, bundle=..., mesh=..., rules=...,
-writer=...)`` when ``step % config.sample_every == 0``; ``params`` may be sharded over ``mesh``.
+writer=...)`` when ``step % config.sample_every == 0`` (after that step's checkpoint), and
+:func:`check_settings` at start-up; ``params`` may be sharded over ``mesh``. Samples come from one
+:class:`~stiv_jax.eval.generation.EvalSampler` per run, so validations after the first compile nothing.
 
 Outputs of step ``s``: ``workdir/validation/step_{s:08d}_{t2v,ti2v}.mp4`` and ``.gif`` (a grid, one cell per
 sample), the GIF as an animated image summary ``validation/{t2v,ti2v}`` in ``workdir/tensorboard``, and
