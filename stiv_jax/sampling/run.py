@@ -91,6 +91,10 @@ def write_prompt_file(gen: Generator, config, task: str, prompt_file: str, out_d
         videos = sample_task(gen, config, task, [p for p, _ in padded], seed=[seed + i for _, i in padded],
                              clip=clip, frame_mask=frame_mask, progress=False)
         for (prompt, index), video in zip(chunk, videos):
-            video_io.encode_mp4(video, fps=config.sample.fps, path=path(prompt, index))
+            # Write then rename: a run killed mid-write leaves no partial file that a re-run would take as done.
+            partial = os.path.join(out_dir, ".partial", os.path.basename(path(prompt, index)))
+            os.makedirs(os.path.dirname(partial), exist_ok=True)
+            video_io.encode_mp4(video, fps=config.sample.fps, path=partial)
+            os.replace(partial, path(prompt, index))
             written.append(path(prompt, index))
     return written

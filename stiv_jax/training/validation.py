@@ -4,7 +4,9 @@ TensorBoard and the workdir, and compute FVD against held-out real clips when co
 Runs every ``config.sample_every`` optimizer steps (0 or absent: never); the other settings live in
 ``config.eval.validation`` (see :func:`default_validation_config`). The train loop calls
 ``run_validation(config=..., workdir=..., step=..., params=state.ema_params, bundle=..., mesh=..., rules=...,
-writer=...)`` when ``step % config.sample_every == 0``; ``params`` may be sharded over ``mesh``.
+writer=...)`` when ``step % config.sample_every == 0`` (after that step's checkpoint), and
+:func:`check_settings` at start-up; ``params`` may be sharded over ``mesh``. Samples come from one
+:class:`~stiv_jax.eval.generation.EvalSampler` per run, so validations after the first compile nothing.
 
 Outputs of step ``s``: ``workdir/validation/step_{s:08d}_{t2v,ti2v}.mp4`` and ``.gif`` (a grid, one cell per
 sample), the GIF as an animated image summary ``validation/{t2v,ti2v}`` in ``workdir/tensorboard``, and
@@ -40,7 +42,7 @@ def default_validation_config() -> ml_collections.ConfigDict:
     config.fvd_clips = 0            # FVD of N T2V samples vs N held-out clips (0: off; needs data.frames >= 9)
     config.fvd_prompts = ()         # prompts of the FVD samples, cycled (empty: the validation prompts)
     config.seed = 0                 # sample i uses noise seed seed + i, the same at every validation
-    config.num_steps = None         # sampling steps (None: config.sample.num_steps)
+    config.num_steps = None         # sampling steps (None or 0: config.sample.num_steps)
     config.cfg_scale = None         # guidance (None: config.sample.cfg_scale)
     config.grid_columns = 4         # cells per grid row
     return config
@@ -55,6 +57,22 @@ def validation_config(run_config) -> ml_collections.ConfigDict:
         raise ValueError(f"config.eval.validation has unknown keys {unknown}; valid keys: {sorted(config)}")
     config.update(dict(overrides))
     return config
+
+
+def check_settings(run_config) -> ml_collections.ConfigDict:
+    """Checks ``config.eval.validation`` without touching files (the train loop calls it at start-up, so a typo
+    fails before training): unknown keys, FVD's frame count and reference. Returns the merged settings."""
+    c = validation_config(run_config)
+    frames = int(run_config.data.frames)
+    if c.fvd_clips and frames < 9:
+        raise ValueError(f"config.eval.validation.fvd_clips needs clips of >= 9 frames for I3D (FVD uses 16); "
+                         f"config.data.frames={frames}")
+    if c.fvd_clips and not c.heldout:
+        raise ValueError("config.eval.validation.fvd_clips > 0 needs config.eval.validation.heldout "
+                         "(a directory of held-out real clips)")
+    if not c.prompts:
+        raise ValueError("config.eval.validation.prompts is empty; give at least one T2V prompt")
+    return c
 
 
 def video_grid(videos_bthwc: np.ndarray, *, columns: int, pad: int = 2) -> np.ndarray:
@@ -73,7 +91,8 @@ def video_grid(videos_bthwc: np.ndarray, *, columns: int, pad: int = 2) -> np.nd
 class Validator:
     """Validation of one run: held-out clips loaded once, grids and metrics written by process 0.
 
-    ``mesh``/``rules``: the training mesh (FVD features are then sharded over its batch axes); None: all devices.
+    ``mesh``/``rules``: the training mesh (sampling runs under it; FVD features are computed data-parallel over
+    this process's devices of it); None: all devices.
     """
 
     def __init__(self, run_config, workdir: str, sample_fn: SampleFn, *, metric_writer=None, mesh=None,
@@ -86,24 +105,23 @@ class Validator:
         self.sample_fn = sample_fn
         self.metric_writer = metric_writer
         self.heldout = self._load_heldout(run_config)
+        self._real_features = None   # I3D features of the held-out FVD clips, computed once
         self._tb = None
 
     def _load_heldout(self, run_config) -> list[tuple[np.ndarray, str]]:
         """``(clip uint8 [frames, h, w, 3], caption)`` of the held-out clips needed (TI2V images, FVD)."""
-        c = self.config
+        c = check_settings(run_config)
         needed = max(c.ti2v_samples if c.heldout else 0, c.fvd_clips)
         if not needed:
             return []
-        if not c.heldout:
-            raise ValueError("config.eval.validation.fvd_clips > 0 needs config.eval.validation.heldout "
-                             "(a directory of held-out real clips)")
         from stiv_jax.eval import clips as clips_lib
         frames = int(run_config.data.frames)
-        if c.fvd_clips and frames < 9:
-            raise ValueError(f"config.eval.validation.fvd_clips needs clips of >= 9 frames for I3D (FVD uses 16); "
-                             f"config.data.frames={frames}")
         windows = clips_lib.ClipWindows(num_frames=frames, frame_stride=int(run_config.data.get("frame_stride", 1)))
-        heldout = list(clips_lib.iter_captioned_clips(c.heldout, windows, max_clips=needed))
+        try:
+            heldout = list(clips_lib.iter_captioned_clips(c.heldout, windows, max_clips=needed))
+        except FileNotFoundError as e:
+            raise ValueError(f"config.eval.validation.heldout: {e}; point it at held-out clips, or set "
+                             "config.sample_every=0 to turn validation off") from e
         if c.fvd_clips and len(heldout) < max(2, c.fvd_clips):
             raise ValueError(f"config.eval.validation.heldout={c.heldout!r} gave {len(heldout)} clips of {frames} "
                              f"frames; fvd_clips={c.fvd_clips} needs that many (and at least 2)")
@@ -127,22 +145,36 @@ class Validator:
                                    first_frames=np.stack([_fit(clip[0], grids["t2v"].shape[2:4]) for clip, _ in ti2v]))
         metrics = {}
         if c.fvd_clips:
-            from stiv_jax.eval.fvd import fvd_of_clips
-            from stiv_jax.eval.i3d import shared_extractor
             prompts = list(c.fvd_prompts or c.prompts)
-            fake = []
-            for start in range(0, c.fvd_clips, len(prompts)):
-                n = min(len(prompts), c.fvd_clips - start)
-                fake.extend(sample(prompts[:n], seeds=seeds(n, 2000 + start)))
-            real = [clip for clip, _ in self.heldout[:c.fvd_clips]]
-            extractor = shared_extractor(8, mesh=self.mesh, rules=self.rules)
-            metrics["validation/fvd"] = fvd_of_clips(real, fake, extractor=extractor)
+            fake = sample([prompts[i % len(prompts)] for i in range(c.fvd_clips)], seeds=seeds(c.fvd_clips, 2000))
+            metrics["validation/fvd"] = self._fvd(list(fake))
         if jax.process_index() == 0:
             for name, videos in grids.items():
                 self._write_grid(step, name, video_grid(videos, columns=c.grid_columns))
             if metrics and self.metric_writer is not None:
                 self.metric_writer.write(step, metrics)
         return metrics
+
+    def _fvd(self, fake_clips: list[np.ndarray]) -> float:
+        """FVD of ``fake_clips`` against the first ``fvd_clips`` held-out clips, whose I3D features are computed
+        at the first validation (in the same batches as its samples) and kept."""
+        from stiv_jax.eval.fvd import fvd_from_features
+        extractor = self._extractor()
+        if self._real_features is None:
+            real = [clip for clip, _ in self.heldout[:self.config.fvd_clips]]
+            features = extractor(real + fake_clips)
+            self._real_features, fake_features = features[:len(real)], features[len(real):]
+        else:
+            fake_features = extractor(fake_clips)
+        return fvd_from_features(self._real_features, fake_features)
+
+    def _extractor(self):
+        """The I3D extractor, data-parallel over this process's devices of the training mesh (each device its own
+        clips: the mesh's model axes would only replicate the work), compiled once per process."""
+        from stiv_jax.eval.i3d import default_mesh, shared_extractor
+        devices = None if self.mesh is None else [d for d in self.mesh.devices.flat
+                                                  if d.process_index == jax.process_index()]
+        return shared_extractor(8, mesh=default_mesh(devices))
 
     def _write_grid(self, step: int, name: str, grid_thwc: np.ndarray) -> None:
         base = os.path.join(self.workdir, "validation", f"step_{step:08d}_{name}")
@@ -184,26 +216,19 @@ def run_validation(*, config, workdir: str, step: int, params, bundle, mesh=None
     first call and kept for the process. Returns the metrics written (``validation/fvd`` when configured)."""
     validator = _VALIDATORS.get(workdir)
     if validator is None:
-        validator = Validator(config, workdir, make_sample_fn(config, bundle), metric_writer=writer, mesh=mesh,
-                              rules=rules)
+        sample_fn = make_sample_fn(config, bundle, mesh=mesh, rules=rules)
+        validator = Validator(config, workdir, sample_fn, metric_writer=writer, mesh=mesh, rules=rules)
         _VALIDATORS[workdir] = validator
     return validator.run(step, params)
 
 
-def make_sample_fn(run_config, bundle) -> SampleFn:
-    """The run's sampler as a :data:`SampleFn` (``config.sample`` steps and guidance unless validation overrides).
-
-    T2V samples one prompt at a time so that each depends only on its own seed.
-    """
-    from stiv_jax.sampling.generate import generate
+def make_sample_fn(run_config, bundle, *, mesh=None, rules=None) -> SampleFn:
+    """The run's sampler as a :data:`SampleFn` (``config.sample`` solver and guidance; steps and scale unless
+    validation overrides them): an :class:`~stiv_jax.eval.generation.EvalSampler` built once, whose batch holds
+    every T2V prompt and every TI2V cell, so each validation reuses one compiled model call (``mesh``/``rules``:
+    the training mesh the params live on)."""
+    from stiv_jax.eval.generation import EvalSampler
     c = validation_config(run_config)
-    num_steps = c.num_steps or run_config.sample.num_steps
-    cfg_scale = run_config.sample.cfg_scale if c.cfg_scale is None else c.cfg_scale
-
-    def sample_fn(params, prompts, *, seeds, first_frames=None):
-        if first_frames is not None:
-            raise NotImplementedError("TI2V validation needs the TI2V sampler of stiv_jax.sampling (issue 5); "
-                                      "set config.eval.validation.ti2v_samples=0 until it lands")
-        return np.concatenate([generate(bundle, params, [p], num_steps=num_steps, cfg_scale=cfg_scale, seed=s)
-                               for p, s in zip(prompts, seeds)])
-    return sample_fn
+    batch = max(len(c.prompts), int(c.ti2v_samples) if c.heldout else 0, 1)
+    return EvalSampler(run_config, bundle, num_steps=c.num_steps, cfg_scale=c.cfg_scale, batch_size=batch, mesh=mesh,
+                       rules=rules)

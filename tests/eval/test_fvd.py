@@ -97,9 +97,11 @@ def _local_shuffle(clip, block, rng):
 
 @pytest.fixture(scope="module")
 def sanity_fvds(video_dir, extractor):
-    """FVDs of 6 real 16-frame clips against variants of themselves, from one batched feature pass."""
+    """FVDs of 4 real 16-frame clips (two windows each of the 1280x720 and the 640x272 video) against variants of
+    themselves: 24 clips, three full I3D batches."""
     rng = np.random.default_rng(0)
-    real = list(clips_lib.iter_clips(video_dir, clips_lib.ClipWindows(clips_per_video=2)))
+    real = list(clips_lib.iter_clips(video_dir, clips_lib.ClipWindows(clips_per_video=2), max_clips=4))
+    assert [c.shape[1:3] for c in real] == [(720, 1280)] * 2 + [(272, 640)] * 2
     noisy = lambda c, s: np.clip(c + rng.normal(0, s, c.shape), 0, 255).astype(np.uint8)  # noqa: E731
     variants = {"self_reordered": real[::-1],
                 "noise_16": [noisy(c, 16) for c in real], "noise_64": [noisy(c, 64) for c in real],
@@ -132,8 +134,11 @@ def test_fvd_of_directories_counts_clips_and_skips(video_dir, extractor, tmp_pat
     for name in ("bikes.mp4", "carphone_pristine.mp4"):
         os.symlink(os.path.join(video_dir, name), fake / name)
     (fake / "broken.mp4").write_bytes(b"garbage")
-    result = fvd_of_sources(str(fake), str(fake), extractor=extractor)
-    assert result.real.clips == result.fake.clips == 2
+    windows = clips_lib.ClipWindows(clips_per_video=2)
+    result = fvd_of_sources(str(fake), str(fake), windows=windows, extractor=extractor)  # 8 clips: one I3D batch
+    assert result.real.clips == result.fake.clips == 4
     assert [os.path.basename(n) for n, _ in result.fake.skipped] == ["broken.mp4"]
     assert abs(result.fvd) < 1e-2
-    assert "FVD" in result.summary() and "real clips: 2" in result.summary() and "broken.mp4" in result.summary()
+    assert "FVD" in result.summary() and "real clips: 4" in result.summary() and "broken.mp4" in result.summary()
+    with pytest.raises(FileNotFoundError, match="missing"):
+        fvd_of_sources(str(fake), str(tmp_path / "missing"), extractor=extractor)

@@ -36,8 +36,8 @@ def test_config_keys_are_checked():
 
 @pytest.fixture(scope="module")
 def tiny_generate():
-    """``generate`` of a randomly initialised 1-block DiT on 2-frame 16x16 videos, counting its calls."""
-    from stiv_jax.sampling.generate import generate
+    """The harness's sampler over a randomly initialised 1-block DiT on 2-frame 16x16 videos, counting calls."""
+    from stiv_jax.eval.generation import EvalSampler
     from stiv_jax.training.model_bundle import build_model_bundle
     config = demo_config("unused")
     config.model.depth, config.model.width, config.model.num_heads = 1, 32, 2
@@ -45,13 +45,13 @@ def tiny_generate():
     config.text.dim, config.data.frames, config.data.resolution = 32, 2, 16
     bundle = build_model_bundle(config)
     params = nn.meta.unbox(jax.jit(bundle.init_boxed_params)(jax.random.key(0)))
+    sampler = EvalSampler(config, bundle, num_steps=2, cfg_scale=2.0, batch_size=2)  # as vbench.main builds it
     calls = []
 
     def generate_fn(prompts, *, seeds):
         calls.append((tuple(prompts), tuple(seeds)))
-        return np.concatenate([generate(bundle, params, [p], num_steps=2, cfg_scale=2.0, seed=s)
-                               for p, s in zip(prompts, seeds)])
-    return generate_fn, calls
+        return sampler(params, prompts, seeds=seeds)
+    return generate_fn, calls, sampler
 
 
 def _placeholder_attribute(attr):
@@ -79,7 +79,7 @@ def _vbench_finds(videos_dir, dimensions, tmp_path, monkeypatch):
 
 
 def test_layout_is_found_by_vbench_and_runs_resume(tiny_generate, tmp_path, monkeypatch):
-    generate_fn, calls = tiny_generate
+    generate_fn, calls, sampler = tiny_generate
     config = vb.default_vbench_config()
     config.samples_per_prompt, config.seed, config.max_prompts, config.dimensions = 2, 7, 2, ("color",)
     out = str(tmp_path / "vbench")
@@ -111,10 +111,11 @@ def test_layout_is_found_by_vbench_and_runs_resume(tiny_generate, tmp_path, monk
     assert counts["videos_written"] == 1 and counts["videos_present"] == 3
     assert calls == [((prompts[0]["prompt"],), (7 + 5 * prompts[0]["index"],))]
     np.testing.assert_array_equal(video_io.decode_frames(first), frames)
+    assert sampler.num_compiled == 1   # batches of 2 and of 1 (padded) share one compiled model call
 
 
 def test_resolution_resizes_written_videos(tiny_generate, tmp_path):
-    generate_fn, _ = tiny_generate
+    generate_fn, _, _ = tiny_generate
     config = vb.default_vbench_config()
     config.samples_per_prompt, config.resolution = 1, 32
     prompts = [{"prompt": "a red car", "index": 0, "dimensions": ["color"]}]
