@@ -1,7 +1,7 @@
 r"""Ahead-of-time fit check: compiles the train step for a TPU slice (or fake CPU devices) on this host.
 
   python -m stiv_jax.compile --config=experiments/t2v_512.py:size=M --topology=v5p-256
-  python -m stiv_jax.compile --config=experiments/t2v_512.py:size=M --topology=v5e-256 --num_slices=4
+  python -m stiv_jax.compile --config=experiments/t2v_512.py:size=M,tpu=v5e --topology=v5e-256 --num_slices=4
   python -m stiv_jax.compile --config=experiments/t2v_256.py:runlocal --topology=cpu-8      # CI, no libtpu
 
 For every bucket shape of the config (``config.data.buckets``, or the one ``data.frames x data.resolution``
