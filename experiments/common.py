@@ -159,6 +159,10 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.sample.cfg_scale = 7.5               # JIT-CFG scale (App. B: 7.5 for T2V and STIV)
     c.sample.fps = 8                       # fps of written videos (1 of 3 frames of ~24 fps sources)
 
+    c.health = ml_collections.ConfigDict()  # stiv_jax.training.health, wired in stiv_jax/train.py
+    c.health.hang_timeout_s = 1800.0       # no step for this long: dump every thread's stack, exit 42 (0: off)
+    c.health.startup_timeout_s = 7200.0    # the same limit before the first step (restore + first compile)
+
     c.init = ml_collections.ConfigDict()
     c.init.sources = ml_collections.ConfigDict()  # name -> workdir of a finished stage (empty: from scratch)
     c.init.use_ema = True                  # initialise from the sources' EMA weights (App. B)

@@ -125,4 +125,8 @@ def get_config():
     config.sample.renorm = True           # CFG-renorm to the conditional norm (paper: on)
     config.sample.null_image = "noisy"    # what the unconditional branch sees in given frames: noisy | zero
     config.sample.fps = 12                # fps of written videos
+
+    config.health = ml_collections.ConfigDict()  # stiv_jax.training.health, wired in stiv_jax/train.py
+    config.health.hang_timeout_s = 1800.0     # no step this long: dump all threads' stacks, exit 42 (0: off)
+    config.health.startup_timeout_s = 7200.0  # the limit before the first step (restore, first compile)
     return config
