@@ -1,10 +1,11 @@
-"""Runs ``stiv_jax.train.train`` on the tiny trainer config whose data source stalls, for the watchdog test.
+"""Runs ``stiv_jax.train.train`` on the tiny trainer config, optionally with a data source that stalls.
 
-  python stalling_train_driver.py WORKDIR --stall_after=N --hang_timeout_s=S
+  python stalling_train_driver.py WORKDIR --total_steps=N --log_every=N --checkpoint_every=N
+      [--stall_after=N --hang_timeout_s=S]
 
-The input pipeline yields N synthetic batches, then blocks forever inside ``data_source_stalls`` (as a dead
-storage mount or a wedged decode worker would): no further step can complete, so the hang watchdog must dump every
-thread's stack and end the process with status 42.
+With ``--stall_after=N`` the input pipeline yields N synthetic batches, then blocks forever inside
+``data_source_stalls`` (as a dead storage mount or a wedged decode worker would): no further step can complete, so
+the hang watchdog must dump every thread's stack and end the process with status 42.
 """
 import argparse
 import os
@@ -26,15 +27,18 @@ def data_source_stalls():
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("workdir")
-    parser.add_argument("--stall_after", type=int, required=True)
-    parser.add_argument("--hang_timeout_s", type=float, required=True)
+    parser.add_argument("--total_steps", type=int, required=True)
+    parser.add_argument("--log_every", type=int, required=True)
+    parser.add_argument("--checkpoint_every", type=int, required=True)
+    parser.add_argument("--stall_after", type=int, default=0)
+    parser.add_argument("--hang_timeout_s", type=float, default=1800.0)
     args = parser.parse_args()
 
     import trainer_testlib
     from stiv_jax import train as train_lib
 
-    config = trainer_testlib.tiny_config(total_steps=100, checkpoint_every=1000, log_every=1,
-                                         console_metrics=True)
+    config = trainer_testlib.tiny_config(total_steps=args.total_steps, checkpoint_every=args.checkpoint_every,
+                                         log_every=args.log_every, console_metrics=True)
     config.health.hang_timeout_s = args.hang_timeout_s
     config.health.startup_timeout_s = 300.0  # the first compile of the tiny model takes seconds
     config.mesh.ici = dict(data=-1, fsdp=1, context=1, tensor=1)
@@ -46,9 +50,12 @@ def main():
             yield next(batches)
         data_source_stalls()
 
-    train_lib.make_iterator = stalling_iterator
+    if args.stall_after:
+        train_lib.make_iterator = stalling_iterator
+    else:
+        train_lib.make_iterator = synthetic
     train_lib.train(config, args.workdir)
-    print("training finished: the watchdog did not fire")
+    print("training finished")
 
 
 if __name__ == "__main__":
