@@ -104,8 +104,8 @@ def main():
             "text_mask": np.ones((b, length), bool)}
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=mesh_lib.batch_sharding(mesh, rules, v.ndim))
              for k, v in host.items()}
-    compiled, _ = compile_train_step(config, bundle, tx, state=state, batch=batch, shardings=shardings,
-                                     mesh=mesh, rules=rules)
+    compiled, _ = compile_train_step(config, bundle, tx, state=state, batch=batch, frozen={},
+                                     shardings=shardings, mesh=mesh, rules=rules)
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     compiled_flops = float(cost["flops"]) * args.devices

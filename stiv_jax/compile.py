@@ -138,6 +138,7 @@ class FitResult:
 
 def compile_bucket(config, devices, bucket) -> FitResult:
     """Lowers and compiles the train step for ``bucket`` on a mesh over ``devices``."""
+    import flax.linen as nn
     import jax
     from stiv_jax.checkpointing.manager import abstract_with_shardings
     from stiv_jax.parallel import mesh as mesh_lib
@@ -158,11 +159,14 @@ def compile_bucket(config, devices, bucket) -> FitResult:
                                                     mesh, rules)
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=mesh_lib.batch_sharding(mesh, rules, v.ndim))
              for k, v in batch_specs(config, bucket).items()}
-    step = jax.jit(make_train_step(config, bundle, tx), in_shardings=(shardings, None),
+    frozen_boxed = bundle.frozen_boxed_params(batch)   # frozen encoders: step arguments, sharded by their names
+    frozen = abstract_with_shardings(jax.eval_shape(lambda: nn.unbox(frozen_boxed)),
+                                     state_lib.frozen_shardings(frozen_boxed, mesh, rules))
+    step = jax.jit(make_train_step(config, bundle, tx), in_shardings=(shardings, None, None),
                    out_shardings=(shardings, None), donate_argnums=0)
     try:
         with mesh_lib.activate(mesh, rules):
-            compiled = step.lower(abstract_with_shardings(abstract, shardings), batch).compile()
+            compiled = step.lower(abstract_with_shardings(abstract, shardings), batch, frozen).compile()
     except Exception as e:  # noqa: BLE001 - any compile failure is a verdict, reported with its message
         text = str(e)
         if "RESOURCE_EXHAUSTED" not in text and "HbmOom" not in text:

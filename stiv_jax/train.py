@@ -48,17 +48,19 @@ class NonFiniteLossError(FloatingPointError):
     """Raised after ``config.optim.max_nonfinite_steps`` consecutive NaN/Inf steps."""
 
 
-def compile_train_step(config, bundle, tx, *, state, batch, shardings, mesh, rules):
+def compile_train_step(config, bundle, tx, *, state, batch, frozen, shardings, mesh, rules):
     """Lowers and compiles the train step with explicit in/out shardings and a donated state.
+
+    ``frozen``: the frozen encoder weights on the mesh (``state.place_frozen``), an argument of the step.
 
     Returns ``(compiled, activation_lines)``; the activation sharding lines are filled when
     ``config.mesh.debug_sharding`` is set.
     """
-    batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-    jitted = jax.jit(make_train_step(config, bundle, tx), in_shardings=(shardings, batch_shardings),
-                     out_shardings=(shardings, None), donate_argnums=0)
+    batch_shardings, frozen_shardings = (jax.tree.map(lambda x: x.sharding, tree) for tree in (batch, frozen))
+    jitted = jax.jit(make_train_step(config, bundle, tx), out_shardings=(shardings, None), donate_argnums=0,
+                     in_shardings=(shardings, batch_shardings, frozen_shardings))
     with mesh_lib.activate(mesh, rules), mesh_lib.record_activation_shardings() as activation_lines:
-        lowered = jitted.lower(state, batch)
+        lowered = jitted.lower(state, batch, frozen)
     return lowered.compile(), list(activation_lines)
 
 
@@ -134,12 +136,21 @@ def _train(config, workdir: str, *, watchdog, goodput) -> state_lib.TrainState:
     # One executable per batch shape (data buckets give several); the first is compiled before the loop.
     compiled_steps: dict = {}
 
+    frozen_by_kind: dict = {}   # frozen encoder weights on the mesh, by which of them a batch kind needs
+
+    def frozen_for(batch):
+        kind = ("latents" in batch, "text_embeddings" in batch)
+        if kind not in frozen_by_kind:
+            frozen_by_kind[kind], _ = state_lib.place_frozen(bundle.frozen_boxed_params(batch), mesh, rules)
+        return frozen_by_kind[kind]
+
     def step_for(batch):
         key = tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
         if key not in compiled_steps:
             start = time.perf_counter()
             compiled, activation_lines = compile_train_step(config, bundle, tx, state=state, batch=batch,
-                                                            shardings=shardings, mesh=mesh, rules=rules)
+                                                            frozen=frozen_for(batch), shardings=shardings,
+                                                            mesh=mesh, rules=rules)
             compiled_steps[key] = compiled
             if is_lead:
                 sharded = f"; {fraction:.1%} of parameter bytes sharded over fsdp" if mesh.shape["fsdp"] > 1 else ""
@@ -178,7 +189,7 @@ def _train(config, workdir: str, *, watchdog, goodput) -> state_lib.TrainState:
                 with goodput.phase("data"):
                     batch, wait = next_batch()
             with goodput.phase("train"):  # a new batch shape's compile is booked to "compile"
-                state, metrics = step_for(batch)(state, batch)
+                state, metrics = step_for(batch)(state, batch, frozen_for(batch))
                 # The guard reads the previous step's streak, so one step stays in flight on the device.
                 streak = None if previous_streak is None else int(previous_streak)
             done = step + 1

@@ -8,6 +8,10 @@
   interpret mode for CPU tests). Sequences whose length is not a multiple of 128 (temporal attention over a few
   frames, a 77-token text) take the XLA path.
 
+Orthogonal to the kernel, ``config.model.context_attention='ulysses'`` runs self-attention context parallel
+(``stiv_jax.parallel.context_attention``): an all-to-all over the ``context`` mesh axis gives every device the
+whole sequence for a subset of heads, and the chosen kernel runs there.
+
 All take ``q`` ``[batch, q_len, heads, head_dim]``, ``k``/``v`` ``[batch, kv_len, heads, head_dim]`` and an
 optional key padding mask ``kv_mask`` ``[batch, kv_len]`` (True = real token). Query rows without any valid key
 (the empty prompt) return zeros in every implementation.
@@ -23,6 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from stiv_jax.model.config import DiTConfig
+from stiv_jax.parallel import context_attention
 
 
 def xla_attention(q, k, v, *, kv_mask=None, causal: bool = False):
@@ -81,12 +86,8 @@ def _target_platform() -> str:
     return getattr(device, "platform", None) or jax.default_backend()
 
 
-def splash_attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig):
-    """Pallas TPU splash attention, vmapped over the batch and ``shard_map``-ped over the active mesh."""
-    platform = _target_platform()
-    if platform != "tpu" and not config.splash_interpret:
-        raise ValueError(f"config.model.attention_impl='splash' needs a TPU, but the target platform is "
-                         f"{platform!r}; use attention_impl='xla' or 'dot_product' here")
+def _splash_local(q, k, v, kv_mask, *, causal: bool, config: DiTConfig):
+    """Splash attention on one device's ``[batch, len, heads, head_dim]`` (no sharding; XLA for short sequences)."""
     batch, q_len, num_heads, head_dim = q.shape
     kv_len = k.shape[1]
     if q_len % SPLASH_MIN_BLOCK or kv_len % SPLASH_MIN_BLOCK:
@@ -95,16 +96,28 @@ def splash_attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiT
     splash, kernel = _splash_kernel(config, q_len, kv_len, num_heads, causal)
     if kv_mask is None:
         kv_mask = jnp.ones((batch, kv_len), bool)
+    # Padding as segments: every query is segment 1, real keys 1, padded keys 0.
+    q_segments = jnp.ones(q.shape[:2], jnp.int32)
+    q = jnp.swapaxes(q, 1, 2) / math.sqrt(head_dim)   # splash wants [heads, len, dim] and no scale
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    out = jax.vmap(lambda qq, kk, vv, sq, skv: kernel(qq, kk, vv, segment_ids=splash.SegmentIds(sq, skv)))(
+        q, k, v, q_segments, kv_mask.astype(jnp.int32))
+    return jnp.swapaxes(out, 1, 2)
 
-    def run(q, k, v, kv_mask):
-        # Padding as segments: every query is segment 1, real keys 1, padded keys 0.
-        q_segments = jnp.ones(q.shape[:2], jnp.int32)
-        q = jnp.swapaxes(q, 1, 2) / math.sqrt(head_dim)   # splash wants [heads, len, dim] and no scale
-        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
-        out = jax.vmap(lambda qq, kk, vv, sq, skv: kernel(qq, kk, vv, segment_ids=splash.SegmentIds(sq, skv)))(
-            q, k, v, q_segments, kv_mask.astype(jnp.int32))
-        return jnp.swapaxes(out, 1, 2)
 
+def _check_splash_platform(config: DiTConfig):
+    platform = _target_platform()
+    if platform != "tpu" and not config.splash_interpret:
+        raise ValueError(f"config.model.attention_impl='splash' needs a TPU, but the target platform is "
+                         f"{platform!r}; use attention_impl='xla' or 'dot_product' here")
+
+
+def splash_attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig):
+    """Pallas TPU splash attention, vmapped over the batch and ``shard_map``-ped over the active mesh."""
+    _check_splash_platform(config)
+    if kv_mask is None:
+        kv_mask = jnp.ones((k.shape[0], k.shape[1]), bool)
+    run = functools.partial(_splash_local, causal=causal, config=config)
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return run(q, k, v, kv_mask)
@@ -116,11 +129,30 @@ def splash_attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiT
                          out_specs=tokens, check_vma=False)(q, k, v, kv_mask)
 
 
-def attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig):
-    """Dispatches to ``config.attention_impl``; ``[batch, q_len, heads, head_dim]`` out, zero for empty rows."""
-    impls = {"xla": xla_attention, "dot_product": jax_nn_attention,
-             "splash": functools.partial(splash_attention, config=config)}
-    out = impls[config.attention_impl](q, k, v, kv_mask=kv_mask, causal=causal)
+def _ulysses(q, k, v, *, kv_mask, causal: bool, config: DiTConfig, length_name: str):
+    """Context-parallel self-attention whose per-device kernel is ``config.attention_impl``."""
+    if config.attention_impl == "splash":
+        _check_splash_platform(config)
+        local = functools.partial(_splash_local, causal=causal, config=config)
+    else:
+        kernel = jax_nn_attention if config.attention_impl == "dot_product" else xla_attention
+        local = lambda q, k, v, m: kernel(q, k, v, kv_mask=m, causal=causal)  # noqa: E731
+    return context_attention.ulysses_attention(q, k, v, mask=kv_mask, length_name=length_name,
+                                               local_attention=local)
+
+
+def attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig, length_name: str | None = None):
+    """Dispatches to ``config.attention_impl``; ``[batch, q_len, heads, head_dim]`` out, zero for empty rows.
+
+    ``length_name`` is the logical name of a self-attention's sequence dimension (``activation_length`` or
+    ``activation_frames``); with it and ``config.context_attention='ulysses'`` the attention is context parallel.
+    """
+    if config.context_attention == "ulysses" and length_name is not None:
+        out = _ulysses(q, k, v, kv_mask=kv_mask, causal=causal, config=config, length_name=length_name)
+    else:
+        impls = {"xla": xla_attention, "dot_product": jax_nn_attention,
+                 "splash": functools.partial(splash_attention, config=config)}
+        out = impls[config.attention_impl](q, k, v, kv_mask=kv_mask, causal=causal)
     if kv_mask is not None:
         out = jnp.where(kv_mask.any(-1)[:, None, None, None], out, jnp.zeros_like(out))
     return out

@@ -15,6 +15,7 @@ from stiv_jax.model.sizes import size_fields
 ATTENTION_LAYOUTS = ("factorized", "full3d")
 ADALN_MODES = ("shared", "per_block")
 ATTENTION_IMPLS = ("xla", "dot_product", "splash")
+CONTEXT_ATTENTION = ("gspmd", "ulysses")
 REMAT_POLICIES = ("none", "full", "dots", "self_attention")
 # The order of the six micro-conditions; the data pipeline yields them as float32 [batch, 6].
 MICRO_CONDITIONS = ("orig_height", "orig_width", "crop_top", "crop_left", "frame_stride", "num_frames")
@@ -62,6 +63,7 @@ class DiTConfig:
     scan_layers: bool = False       # nn.scan over blocks (params gain a leading `layers` axis)
     remat_policy: str = "none"      # none | full | dots | self_attention (paper: save only SA outputs)
     attention_impl: str = "xla"     # xla (einsum) | dot_product (jax.nn, cuDNN on GPU) | splash (TPU Pallas)
+    context_attention: str = "gspmd"  # sharded-sequence self-attention: gspmd (XLA gathers K/V) | ulysses
     splash_block_q: int = 512       # splash attention block sizes (sequence lengths must be multiples)
     splash_block_kv: int = 512
     splash_block_kv_compute: int = 512
@@ -90,7 +92,8 @@ class DiTConfig:
     def validate(self) -> None:
         """Raises ``ValueError`` naming the ``config.model`` key to change."""
         choices = [("attention_layout", ATTENTION_LAYOUTS), ("adaln", ADALN_MODES),
-                   ("attention_impl", ATTENTION_IMPLS), ("remat_policy", REMAT_POLICIES)]
+                   ("attention_impl", ATTENTION_IMPLS), ("context_attention", CONTEXT_ATTENTION),
+                   ("remat_policy", REMAT_POLICIES)]
         for key, valid in choices:
             if getattr(self, key) not in valid:
                 raise ValueError(f"config.model.{key}={getattr(self, key)!r}; valid: {valid}")

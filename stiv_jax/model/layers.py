@@ -120,8 +120,10 @@ class Attention(nn.Module):
         if angles is not None:
             q, k = apply_rotary(q, angles), apply_rotary(k, angles)
         # Initialisation only needs shapes: use XLA there, so a splash config initialises on any host (AOT).
-        kernel_config = dataclasses.replace(cfg, attention_impl="xla") if self.is_initializing() else cfg
-        out = attention(q, k, v, kv_mask=kv_mask, causal=self.causal, config=kernel_config)
+        kernel_config = (dataclasses.replace(cfg, attention_impl="xla", context_attention="gspmd")
+                         if self.is_initializing() else cfg)
+        out = attention(q, k, v, kv_mask=kv_mask, causal=self.causal, config=kernel_config,
+                        length_name=self.length_axis if self_attention else None)
         out = shard_logical(out, q_names)
         if self.remat_name:
             out = checkpoint_name(out, self.remat_name)

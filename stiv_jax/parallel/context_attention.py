@@ -8,12 +8,14 @@ per device, and no device ever holds the full ``[length, length]`` scores of all
 Use it for spatial self-attention when video tokens are sharded (``activation_length -> context``) and for
 temporal self-attention when frames are (``activation_frames -> context``): pass the logical name of the
 sequence dimension as ``length_name``. Without a mesh, or when that name maps to no mesh axis of size > 1, it
-is plain ``jax.nn.dot_product_attention``.
+is the local attention over the whole sequence. The model uses it for its self-attention layers when
+``config.model.context_attention = 'ulysses'`` (with the ``fsdp_context`` preset); the default ``'gspmd'`` leaves
+the sharded sequence to XLA's partitioner, which gathers keys and values over ``context`` instead.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -21,9 +23,13 @@ from jax.sharding import PartitionSpec
 
 
 def _attention(query, key, value, mask, scale):
+    """Plain attention on one device's data: ``mask`` ``[batch, kv_length]`` or None."""
     if mask is not None:
         mask = mask[:, None, None, :]  # [batch, 1, 1, kv_length]
     return jax.nn.dot_product_attention(query, key, value, mask=mask, scale=scale)
+
+
+LocalAttention = Callable[[jax.Array, jax.Array, jax.Array, "jax.Array | None"], jax.Array]
 
 
 def _mesh_axes(name: str | None) -> tuple[str, ...]:
@@ -38,14 +44,17 @@ def _mesh_axes(name: str | None) -> tuple[str, ...]:
 def ulysses_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
                       scale: float | None = None, batch_names: Sequence[str] = ("activation_batch",),
                       length_name: str = "activation_length",
-                      heads_name: str | None = "activation_heads") -> jax.Array:
+                      heads_name: str | None = "activation_heads",
+                      local_attention: LocalAttention | None = None) -> jax.Array:
     """Exact multi-head self-attention with the sequence sharded over the mesh axes ``length_name`` maps to.
 
     Args:
       query, key, value: ``[batch, length, heads, head_dim]``; ``batch`` sharded as ``batch_names`` (logical names
         whose mesh axes are combined), ``length`` as ``length_name`` and ``heads`` as ``heads_name``.
       mask: optional ``[batch, length]`` bool key mask (True = attend).
-      scale: score scale (``1 / sqrt(head_dim)`` if None).
+      scale: score scale (``1 / sqrt(head_dim)`` if None); used by the default local attention only.
+      local_attention: ``(q, k, v, mask) -> out`` run on each device's ``[batch, length, heads / C, head_dim]``
+        (the model passes its configured kernel: XLA, cuDNN or splash); plain ``jax.nn`` attention if None.
 
     Returns:
       ``[batch, length, heads, head_dim]``, sharded like ``query``.
@@ -55,13 +64,15 @@ def ulysses_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mas
         ``config.model.num_heads`` or ``config.mesh.ici.context``).
     """
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    if local_attention is None:
+        local_attention = lambda q, k, v, m: _attention(q, k, v, m, scale)  # noqa: E731
     mesh = jax.sharding.get_abstract_mesh()
     seq_axes = _mesh_axes(length_name)
     if mesh is None or mesh.empty or not seq_axes:
-        return _attention(query, key, value, mask, scale)
+        return local_attention(query, key, value, mask)
     seq_size = math.prod(mesh.shape[a] for a in seq_axes)
     if seq_size == 1:
-        return _attention(query, key, value, mask, scale)
+        return local_attention(query, key, value, mask)
     batch_axes = tuple(a for n in batch_names for a in _mesh_axes(n))
     head_axes = tuple(a for a in _mesh_axes(heads_name) if a not in seq_axes)
     heads_per_device = query.shape[2] // math.prod(mesh.shape[a] for a in head_axes)
@@ -82,7 +93,7 @@ def ulysses_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mas
         q, k, v = to_heads(q), to_heads(k), to_heads(v)
         if m is not None:
             m = jax.lax.all_gather(m, axis_name, axis=1, tiled=True)
-        out = _attention(q, k, v, m, scale)
+        out = local_attention(q, k, v, m)
         return jax.lax.all_to_all(out, axis_name, split_axis=1, concat_axis=2, tiled=True)
 
     if mask is None:
@@ -92,20 +103,3 @@ def ulysses_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mas
     fn = jax.shard_map(local, mesh=mesh, in_specs=(qkv_spec,) * 3 + (mask_spec,), out_specs=qkv_spec,
                        check_vma=False)
     return fn(query, key, value, mask)
-
-
-ATTENTION_IMPLS = ("xla", "ulysses")
-
-
-def attention(query, key, value, *, impl: str = "xla", mask=None, scale=None, length_name="activation_length"):
-    """``config.model.attention_impl`` dispatch: ``'xla'`` (plain, GSPMD) or ``'ulysses'`` (context parallel).
-
-    Shapes as in ``ulysses_attention``; ``mask`` is ``[batch, kv_length]``.
-    """
-    if impl == "ulysses":
-        return ulysses_attention(query, key, value, mask=mask, scale=scale, length_name=length_name)
-    if impl == "xla":
-        scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
-        return _attention(query, key, value, mask, scale)
-    raise ValueError(f"config.model.attention_impl={impl!r}; valid: {', '.join(ATTENTION_IMPLS)}")
-

@@ -56,24 +56,61 @@ class ModelBundle:
                                    pooled_text=pooled, micro_conditions=self.micro_conditions(1))["params"]
         return {"dit": dit_params, "text": text_params}
 
-    def encode_text(self, params, ids, mask):
-        """``(sequence [batch, len, dim], pooled [batch, dim])`` for token ``ids``/``mask`` ``[batch, len]``."""
-        # Frozen weights enter as host constants (numpy): caching device arrays here could capture tracers.
-        text_params = self.text_encoder.pretrained_params if self.text_encoder.frozen else params["text"]
+    def frozen_boxed_params(self, batch_keys=()) -> dict:
+        """Frozen encoder weights a train step on batches with ``batch_keys`` needs, as one step argument.
+
+        ``'text'``: a frozen pretrained text encoder's params (logically boxed, so they shard like the model),
+        unless the batch carries precomputed ``text_embeddings``; ``'latent'``: the VAE's params, unless the batch
+        carries precomputed ``latents``. Passing them as an argument (not closed-over constants) keeps multi-GB
+        encoders out of the compiled program and lets them shard over the mesh.
+        """
+        frozen = {}
+        if self.text_encoder.frozen and "text_embeddings" not in batch_keys:
+            frozen["text"] = self.text_encoder.boxed_pretrained_params()
+        latent_params = getattr(self.latent_space, "params", None)
+        if latent_params is not None and "latents" not in batch_keys:
+            frozen["latent"] = latent_params
+        return frozen
+
+    def encode_text(self, params, ids, mask, frozen=None):
+        """``(sequence [batch, len, dim], pooled [batch, dim])`` for token ``ids``/``mask`` ``[batch, len]``.
+
+        A frozen encoder uses ``frozen['text']`` when given, else the host copy of its weights (which a jitted
+        caller bakes in as constants: fine for small encoders and sampling, not for the train step).
+        """
+        if not self.text_encoder.frozen:
+            text_params = params["text"]
+        elif frozen is not None and "text" in frozen:
+            text_params = frozen["text"]
+        else:
+            text_params = self.text_encoder.pretrained_params
         return self.text_encoder.apply({"params": text_params}, ids, mask)
 
-    def velocity(self, params, latents, timesteps, ids, mask, *, micro_conditions=None, mask_rng=None):
+    def null_text(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The empty prompt's ``(ids, mask, (sequence, pooled))``, ``[1, text_length(, dim)]``, evaluated eagerly
+        (concrete even inside a trace): the CFG null text of batches with precomputed text embeddings."""
+        ids, mask = (jnp.asarray(a) for a in self.tokenize([""]))
+        with jax.ensure_compile_time_eval():
+            if not self.text_encoder.frozen:
+                raise ValueError(f"batches with precomputed text_embeddings need a frozen text encoder, but "
+                                 f"config.text.kind={self.text_encoder.kind!r} is trainable")
+            return ids, mask, tuple(jnp.asarray(x) for x in self.encode_text({}, ids, mask))
+
+    def velocity(self, params, latents, timesteps, ids, mask, *, text=None, frozen=None, micro_conditions=None,
+                 mask_rng=None):
         """The velocity for latents ``[batch, frames, height, width, channels]`` at ``timesteps`` ``[batch]``.
 
-        ``micro_conditions`` ``[batch, 6]`` (the batch's; ``default_micro`` when None); ``mask_rng``: MaskDiT key
-        (None = no token masking, as in fine-tuning and sampling).
+        ``ids``/``mask`` ``[batch, len]``: the prompt tokens, or ``text = (sequence [batch, len, dim], pooled
+        [batch, dim])`` precomputed (``ids`` then unused); ``frozen``: frozen encoder weights
+        (``frozen_boxed_params``, unboxed). ``micro_conditions`` ``[batch, 6]`` (the batch's; ``default_micro``
+        when None); ``mask_rng``: MaskDiT key (None = no token masking, as in fine-tuning and sampling).
 
         With ``prediction='data'`` the DiT predicts the clean sample and the velocity is derived from it
         (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"): a network narrower than its
         patch vectors cannot pass high-dimensional noise through, but can output data near a low-dimensional
         manifold. The loss stays the velocity loss either way.
         """
-        seq, pooled = self.encode_text(params, ids, mask)
+        seq, pooled = self.encode_text(params, ids, mask, frozen) if text is None else text
         micro = self.micro_conditions(latents.shape[0], micro_conditions)
         out = self.dit.apply({"params": params["dit"]}, latents, timesteps=timesteps, text=seq, text_mask=mask,
                              pooled_text=pooled, micro_conditions=micro, mask_rng=mask_rng)

@@ -125,3 +125,16 @@ def init_state(boxed_params_fn, tx, mesh, rules) -> tuple[TrainState, TrainState
     with mesh_lib.activate(mesh, rules):
         state = jax.jit(lambda: create_state(nn.unbox(boxed_params_fn()), tx), out_shardings=shardings)()
     return state, shardings
+
+
+def frozen_shardings(frozen_boxed: dict, mesh, rules) -> dict:
+    """``NamedSharding``s of frozen encoder weights: boxed leaves shard by their logical names under ``rules``
+    (a T5-XXL encoder spreads over ``fsdp`` like the DiT); plain leaves (the VAE) are replicated."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, nn.logical_to_mesh_axes(s, rules)),
+                        nn.get_partition_spec(frozen_boxed), is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def place_frozen(frozen_boxed: dict, mesh, rules) -> tuple[dict, dict]:
+    """Frozen encoder weights (``ModelBundle.frozen_boxed_params``) on ``mesh``: ``(values, shardings)``."""
+    shardings = frozen_shardings(frozen_boxed, mesh, rules)
+    return jax.device_put(nn.unbox(frozen_boxed), shardings), shardings

@@ -20,32 +20,62 @@ def pixels_to_unit(video_uint8: jax.Array) -> jax.Array:
 
 
 def model_velocity(bundle: ModelBundle, params, latents, timesteps, ids, mask, micro_conditions=None,
-                   mask_rng=None):
+                   mask_rng=None, *, text=None, frozen=None):
     """``bundle.velocity`` with micro-conditions ``[batch, 6]`` (None: the bundle's defaults) and MaskDiT key."""
-    return bundle.velocity(params, latents, timesteps, ids, mask, micro_conditions=micro_conditions,
-                           mask_rng=mask_rng)
+    return bundle.velocity(params, latents, timesteps, ids, mask, text=text, frozen=frozen,
+                           micro_conditions=micro_conditions, mask_rng=mask_rng)
+
+
+def _drop_text(bundle: ModelBundle, batch: dict, drop: jax.Array):
+    """``(ids, mask, text)`` with the dropped samples' prompts (``drop`` ``[batch]``) set to the empty prompt.
+
+    ``text`` is the ``(sequence, pooled)`` pair of a batch with precomputed ``text_embeddings``, else None (the
+    step encodes ``ids``).
+    """
+    if "text_embeddings" not in batch:
+        null_ids, null_mask = (jnp.asarray(a) for a in bundle.tokenize([""]))
+        return (jnp.where(drop[:, None], null_ids, batch["text_ids"]),
+                jnp.where(drop[:, None], null_mask, batch["text_mask"]), None)
+    if "pooled_text" not in batch:
+        raise ValueError("latent records with text_embeddings must also store pooled_text (stiv_jax.data.encode "
+                         "writes both)")
+    _, null_mask, (null_seq, null_pooled) = bundle.null_text()
+    seq, mask = batch["text_embeddings"].astype(jnp.float32), batch["text_mask"].astype(bool)
+    if seq.shape[1:] != null_seq.shape[1:]:
+        raise ValueError(f"precomputed text_embeddings are {seq.shape[1:]} per sample but config.text gives "
+                         f"{null_seq.shape[1:]}; re-encode the shards with this config's text settings")
+    seq = jnp.where(drop[:, None, None], null_seq, seq)
+    pooled = jnp.where(drop[:, None], null_pooled, batch["pooled_text"].astype(jnp.float32))
+    return None, jnp.where(drop[:, None], null_mask, mask), (seq, pooled)
 
 
 def make_loss_fn(config, bundle: ModelBundle):
-    """``loss_fn(params, batch, rng) -> loss``: flow matching with per-sample tasks (frame replacement),
-    text dropout and image dropout (STIV_SPEC 2.9, 4.1, 4.2, 7)."""
-    null_ids, null_mask = (jnp.asarray(a) for a in bundle.tokenize([""]))
+    """``loss_fn(params, batch, rng, frozen=None) -> loss``: flow matching with per-sample tasks (frame
+    replacement), text dropout and image dropout (STIV_SPEC 2.9, 4.1, 4.2, 7).
+
+    ``batch`` holds uint8 ``video`` or precomputed ``latents`` ``[batch, frames, height, width, channels]``, and
+    ``text_ids``/``text_mask`` or precomputed ``text_embeddings``/``text_mask``/``pooled_text``. ``frozen``: the
+    frozen encoder weights (``ModelBundle.frozen_boxed_params``, unboxed); None bakes the host copies in.
+    """
     diffusion = config.diffusion
     sampler = tasks.TaskSampler.from_config(diffusion, frames=bundle.latent_shape[0])
     shift = flow.timestep_shift(diffusion, bundle.latent_shape)
     mask_ratio = float(config.model.get("mask_ratio", 0.0))
     patch = bundle.dit.config.patch_size
 
-    def loss_fn(params, batch, rng):
+    def loss_fn(params, batch, rng, frozen=None):
         rng_t, rng_noise, rng_task, rng_mask = jax.random.split(rng, 4)
-        x1 = bundle.latent_space.encode(None, pixels_to_unit(batch["video"]))
+        frozen = frozen or {}
+        if "latents" in batch:
+            x1 = batch["latents"].astype(jnp.float32)
+        else:
+            x1 = bundle.latent_space.encode(frozen.get("latent"), pixels_to_unit(batch["video"]))
         b = x1.shape[0]
         micro = batch.get("micro_conditions")
         stride = None if micro is None else micro[:, tasks.FRAME_STRIDE_INDEX]
         cond = sampler(rng_task, b, stride)
         # Text dropout: the empty string's encoding (the CFG null text); multiview always has empty text.
-        ids = jnp.where(cond.drop_text[:, None], null_ids, batch["text_ids"])
-        mask = jnp.where(cond.drop_text[:, None], null_mask, batch["text_mask"])
+        ids, mask, text = _drop_text(bundle, batch, cond.drop_text)
         t = flow.sample_timesteps(rng_t, b, distribution=diffusion.timestep_distribution,
                                   mean=diffusion.logit_normal_mean, std=diffusion.logit_normal_std, shift=shift)
         noise = jax.random.normal(rng_noise, x1.shape, x1.dtype)
@@ -59,22 +89,27 @@ def make_loss_fn(config, bundle: ModelBundle):
             keep = jnp.repeat(jnp.repeat(keep, patch, axis=1), patch, axis=2)
             loss_mask = loss_mask[:, :, None, None] * keep[:, None].astype(jnp.float32)
         velocity = model_velocity(bundle, params, x_in, t, ids, mask, micro,
-                                  mask_rng=rng_mask if mask_ratio > 0 else None)
+                                  mask_rng=rng_mask if mask_ratio > 0 else None, text=text, frozen=frozen)
         return flow.flow_matching_loss(velocity, x1, noise, loss_mask)
 
     return loss_fn
 
 
 def make_train_step(config, bundle: ModelBundle, tx: optax.GradientTransformation):
-    """Returns ``train_step(state, batch) -> (state, metrics)``; the caller jits it with shardings."""
+    """Returns ``train_step(state, batch, frozen) -> (state, metrics)``; the caller jits it with shardings.
+
+    ``frozen``: the frozen encoder weights for this batch kind (``ModelBundle.frozen_boxed_params``, unboxed and
+    placed on the mesh), an argument so they are neither differentiated nor baked into the program.
+    """
     loss_fn = make_loss_fn(config, bundle)
 
     schedule = learning_rate_schedule(config.optim)
     num_micro = int(config.optim.get("grad_accum_steps", 1) or 1)
 
-    def train_step(state: TrainState, batch: dict):
+    def train_step(state: TrainState, batch: dict, frozen: dict):
         rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-        loss, grads = update_lib.accumulated_loss_and_grads(loss_fn, state.params, batch, rng, num_micro)
+        loss, grads = update_lib.accumulated_loss_and_grads(lambda p, b, r: loss_fn(p, b, r, frozen), state.params,
+                                                            batch, rng, num_micro)
         new_state, metrics = update_lib.guarded_update(state, loss, grads, tx, ema_decay=config.optim.ema_decay)
         metrics["learning_rate"] = schedule(state.step - state.skipped_steps)
         return new_state, metrics

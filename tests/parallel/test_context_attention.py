@@ -1,4 +1,9 @@
-"""Ulysses context-parallel attention equals plain attention (values and gradients) on 8 fake devices."""
+"""Ulysses context-parallel attention equals plain attention (values and gradients) on 8 fake devices, alone and
+as the STIV DiT's self-attention (``config.model.context_attention='ulysses'``)."""
+import dataclasses
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -33,7 +38,10 @@ def test_ulysses_spatial_attention_matches_unsharded_values_and_grads(ici, rules
     mask = jnp.arange(32)[None, :] < jnp.array([32, 20, 7, 32])[:, None]
 
     def loss(q, k, v, impl):
-        out = context_attention.attention(q, k, v, impl=impl, mask=mask)
+        if impl == "ulysses":
+            out = context_attention.ulysses_attention(q, k, v, mask=mask)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
         return jnp.sum(jnp.sin(out)), out
 
     grad = lambda impl: jax.value_and_grad(lambda *a: loss(*a, impl), argnums=(0, 1, 2), has_aux=True)  # noqa
@@ -48,7 +56,7 @@ def test_ulysses_temporal_attention_over_sharded_frames_matches_unsharded():
     mesh = _mesh(data=2, context=4)
     rules = (("activation_frames", "context"),) + preset_rules("fsdp")
     q, k, v = _qkv(2, 16, 4, 8, seed=1)   # [batch * spatial, frames, heads, head_dim]
-    ref = _run(lambda q, k, v: context_attention.attention(q, k, v, impl="xla"), mesh, rules, q, k, v)
+    ref = _run(jax.nn.dot_product_attention, mesh, rules, q, k, v)
     out = _run(lambda q, k, v: context_attention.ulysses_attention(q, k, v, length_name="activation_frames"),
                mesh, rules, q, k, v)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
@@ -64,3 +72,30 @@ def test_ulysses_rejects_heads_not_divisible_by_context():
     q, k, v = _qkv(2, 16, 2, 8)
     with pytest.raises(ValueError, match="num_heads"):
         _run(lambda q, k, v: context_attention.ulysses_attention(q, k, v), mesh, rules, q, k, v)
+
+
+def test_dit_with_ulysses_self_attention_matches_gspmd_values_and_grads():
+    """The whole model under the fsdp_context preset: video tokens over context=4, spatial self-attention
+    Ulysses (all-to-all) vs. GSPMD's own partitioning; the same loss and gradients."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model"))
+    from test_dit import forward, init_params, make_config, make_inputs
+    mesh, rules = _mesh(data=2, context=4), preset_rules("fsdp_context")
+    config = make_config(num_heads=8)              # 8 heads: 2 per device after the all-to-all over context=4
+    inputs = make_inputs(batch=2)                  # [2, 4 frames, 8x8 latent] -> 16 spatial tokens per frame
+    params = init_params(config, inputs)
+
+    def loss_and_grads(model_config):
+        apply = forward(model_config)
+        fn = jax.value_and_grad(lambda p: jnp.mean(jnp.square(apply(p, inputs))))
+        with mesh_lib.activate(mesh, rules):
+            lowered = jax.jit(fn).lower(params)
+            return lowered.compile().as_text(), jax.jit(fn)(params)
+
+    gspmd_hlo, (ref_loss, ref_grads) = loss_and_grads(config)
+    ulysses_hlo, (loss, grads) = loss_and_grads(dataclasses.replace(config, context_attention="ulysses"))
+    # GSPMD also moves data with all-to-alls around reshapes; Ulysses adds four per attention call (q, k, v, out).
+    count = lambda hlo: hlo.count(" all-to-all(")  # noqa: E731
+    assert count(ulysses_hlo) >= count(gspmd_hlo) + 4 * config.depth, (count(ulysses_hlo), count(gspmd_hlo))
+    np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+    for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-6, err_msg=jax.tree_util.keystr(path))

@@ -71,8 +71,10 @@ def build_run(config, devices=None):
     state, shardings = state_lib.init_state(lambda: bundle.init_boxed_params(jax.random.key(config.seed)), tx,
                                             mesh, rules)
     batch = mesh_lib.host_to_global_batch(synthetic_batch(config), mesh, rules)
-    step_fn, activation_lines = compile_train_step(config, bundle, tx, state=state, batch=batch,
-                                                   shardings=shardings, mesh=mesh, rules=rules)
+    frozen, _ = state_lib.place_frozen(bundle.frozen_boxed_params(batch), mesh, rules)
+    compiled, activation_lines = compile_train_step(config, bundle, tx, state=state, batch=batch, frozen=frozen,
+                                                    shardings=shardings, mesh=mesh, rules=rules)
+    step_fn = lambda state, batch: compiled(state, batch, frozen)  # noqa: E731
     return state, step_fn, mesh, rules, bundle, tx, shardings, activation_lines
 
 
