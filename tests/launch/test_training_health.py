@@ -1,7 +1,8 @@
 """The hang watchdog and the goodput tracker wired into the real training loop (stiv_jax/train.py).
 
 Both runs are child processes of the tiny trainer config (tests/training/trainer_testlib.py) sharing one XLA
-compilation cache, so the second run does not compile the train step again.
+compilation cache (the suite's, when tests/conftest.py sets one), so the second run does not compile the train
+step again.
 """
 import json
 import os
@@ -24,11 +25,11 @@ HANG_TIMEOUT_S = 5.0  # above a tiny step under a loaded CI machine, so only the
 
 @pytest.fixture(scope="module")
 def run_driver(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xla_cache")
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or str(tmp_path_factory.mktemp("xla_cache"))
     env = trainer_testlib.child_env(
         XLA_FLAGS="--xla_force_host_platform_device_count=2 --xla_backend_optimization_level=0 "
                   "--xla_llvm_disable_expensive_passes=true",
-        JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+        JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
 
     def run(workdir, *args):
         return subprocess.run([sys.executable, DRIVER, str(workdir), *args], env=env, capture_output=True,
