@@ -212,6 +212,10 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.eval.vbench.samples_per_prompt = 5   # VBench standard: 5 videos per prompt
     c.eval.vbench.seed = 0                 # video i of prompt p uses noise seed seed + 5 p + i
 
+    c.health = ml_collections.ConfigDict()  # stiv_jax.training.health, wired in stiv_jax/train.py
+    c.health.hang_timeout_s = 1800.0       # no step for this long: dump every thread's stack, exit 42 (0: off)
+    c.health.startup_timeout_s = 7200.0    # the same limit before the first step (restore + first compile)
+
     c.init = ml_collections.ConfigDict()
     c.init.sources = ml_collections.ConfigDict()  # name -> workdir of a finished stage (empty: from scratch)
     c.init.use_ema = True                  # initialise from the sources' EMA weights (App. B)

@@ -156,4 +156,8 @@ def get_config():
     config.eval.vbench.fps = 0                # fps written in the mp4 (0: config.sample.fps)
     config.eval.vbench.dimensions = ()        # VBench dimensions to sample (empty: all 16)
     config.eval.vbench.max_prompts = 0        # first N prompts only, for a quick look (0: all)
+
+    config.health = ml_collections.ConfigDict()  # stiv_jax.training.health, wired in stiv_jax/train.py
+    config.health.hang_timeout_s = 1800.0     # no step this long: dump all threads' stacks, exit 42 (0: off)
+    config.health.startup_timeout_s = 7200.0  # the limit before the first step (restore, first compile)
     return config

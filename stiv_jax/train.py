@@ -4,9 +4,16 @@ r"""Trains a STIV model from an ml-collections config; re-running on the same wo
 
 Multi-process: start it through a launcher (``stiv_jax.launch``; TPU pods are auto-detected); ``main`` calls
 ``stiv_jax.launch.distributed.initialize`` before anything touches a backend. SIGTERM saves a checkpoint on every host at the same step and exits 0.
+
+Health (``config.health``, ``stiv_jax.training.health``): a hang watchdog ends the process with status 42 after
+dumping every thread's stack when no step completes for ``hang_timeout_s`` (``startup_timeout_s`` before the
+first step); a goodput line (time training vs. compiling, checkpointing, waiting for data) is printed with the
+metrics every ``log_every`` steps and at the end; its figures go to ``metrics.jsonl`` as ``goodput/*`` and, for
+the whole run of this process, to ``workdir/goodput.json``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -24,6 +31,7 @@ from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.parallel import rules as rules_lib
 from stiv_jax.stages import transition
 from stiv_jax.training import flops as flops_lib
+from stiv_jax.training import health
 from stiv_jax.training import metrics as metrics_lib
 from stiv_jax.training import state as state_lib
 from stiv_jax.training.model_bundle import build_model_bundle
@@ -56,8 +64,35 @@ def compile_train_step(config, bundle, tx, *, state, batch, frozen, shardings, m
     return lowered.compile(), list(activation_lines)
 
 
+def start_health(config) -> tuple[health.HangWatchdog | None, health.GoodputTracker]:
+    """The run's hang watchdog (None when ``config.health.hang_timeout_s`` is 0) and goodput tracker."""
+    settings = config.get("health", None) or {}
+    timeout_s = float(settings.get("hang_timeout_s", 1800))
+    startup_s = float(settings.get("startup_timeout_s", 7200))
+    watchdog = health.HangWatchdog(timeout_s, startup_timeout_s=startup_s).start() if timeout_s > 0 else None
+    return watchdog, health.GoodputTracker()
+
+
+def goodput_row(goodput: health.GoodputTracker) -> dict:
+    """``goodput/*`` metrics: the train share of wall time and the seconds of every phase since the start."""
+    summary = goodput.summary()
+    row = {"goodput/fraction": summary["goodput"], "goodput/wall_s": summary["wall"]}
+    row.update({f"goodput/{name}_s": summary[name] for name in health.PHASES + ("other",)})
+    return row
+
+
 def train(config, workdir: str) -> state_lib.TrainState:
     """Runs (or resumes) training to ``config.total_steps``; returns the final (or preempted) state."""
+    watchdog, goodput = start_health(config)
+    try:
+        return _train(config, workdir, watchdog=watchdog, goodput=goodput)
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
+
+
+def _train(config, workdir: str, *, watchdog, goodput) -> state_lib.TrainState:
+    pause = watchdog.paused if watchdog is not None else contextlib.nullcontext
     # ----------------------------------------------------------------- setup
     os.makedirs(workdir, exist_ok=True)
     mesh = mesh_lib.build_mesh(config.mesh)
@@ -83,7 +118,8 @@ def train(config, workdir: str) -> state_lib.TrainState:
     manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints,
                                 keep_period=config.get("keep_checkpoint_period", None))
     if manager.latest_step() is not None:
-        state = ckpt.restore(manager, abstract_state=abstract, shardings=shardings, data_iter=data_iter)
+        with goodput.phase("checkpoint"):
+            state = ckpt.restore(manager, abstract_state=abstract, shardings=shardings, data_iter=data_iter)
         if is_lead:
             print(f"resumed from step {int(state.step)} in {workdir}")
     else:
@@ -127,8 +163,10 @@ def train(config, workdir: str) -> state_lib.TrainState:
                     print("\n".join(rules_lib.describe_parameter_shardings(boxed, rules, mesh) + activation_lines))
         return compiled_steps[key]
 
-    batch, wait = next_batch()
-    step_for(batch)
+    with goodput.phase("data"):
+        batch, wait = next_batch()
+    with goodput.phase("compile"):
+        step_for(batch)
     step_flops = flops_lib.train_step_flops(bundle.dit.config, latent_shape=bundle.latent_shape,
                                             text_length=bundle.text_length, text_dim=config.text.dim,
                                             batch_size=config.data.batch_size)
@@ -151,12 +189,17 @@ def train(config, workdir: str) -> state_lib.TrainState:
             if step == profile_start:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
             if step > first_step:
-                batch, wait = next_batch()
-            state, metrics = step_for(batch)(state, batch, frozen_for(batch))
+                with goodput.phase("data"):
+                    batch, wait = next_batch()
+            with goodput.phase("train"):  # a new batch shape's compile is booked to "compile"
+                state, metrics = step_for(batch)(state, batch, frozen_for(batch))
+                # The guard reads the previous step's streak, so one step stays in flight on the device.
+                streak = None if previous_streak is None else int(previous_streak)
             done = step + 1
-            # The guard reads the previous step's streak, so one step stays in flight on the device.
-            if previous_streak is not None and int(previous_streak) >= max_nonfinite:
-                aborted_streak = int(previous_streak)
+            if watchdog is not None:
+                watchdog.heartbeat(done)
+            if streak is not None and streak >= max_nonfinite:
+                aborted_streak = streak
                 break
             previous_streak = metrics["nonfinite_streak"]
             timer.step_done(data_wait=wait)
@@ -164,15 +207,20 @@ def train(config, workdir: str) -> state_lib.TrainState:
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()
             if done % config.log_every == 0 or done == config.total_steps:
-                row = dict(jax.device_get(metrics), **timer.summary(step_flops=step_flops,
-                                                                    num_devices=mesh.size, peak_tflops=peak))
+                with goodput.phase("train"):  # waits for the step's device work
+                    device_metrics = jax.device_get(metrics)
+                row = dict(device_metrics, **timer.summary(step_flops=step_flops,
+                                                           num_devices=mesh.size, peak_tflops=peak))
+                row.update(goodput_row(goodput))
                 writer.write(done, row)
                 progress.set_postfix(loss=f"{row['loss']:.4f}", skipped=int(row["skipped_steps"]))
                 if is_lead and config.get("console_metrics", True):
                     progress.write(metrics_lib.format_row(done, row))
+                    progress.write(f"step {done}: {goodput.summary_line()}")
             preempted = watcher.should_stop(done)
             if preempted or done % config.checkpoint_every == 0 or done == config.total_steps:
-                ckpt.save(manager, done, state=state, data_iter=data_iter, config=config)
+                with goodput.phase("checkpoint"):
+                    ckpt.save(manager, done, state=state, data_iter=data_iter, config=config)
                 last_saved = done
             if preempted:
                 if is_lead:
@@ -180,10 +228,16 @@ def train(config, workdir: str) -> state_lib.TrainState:
                 break
             if sample_every and done % sample_every == 0:  # after the save: a failing validation loses no steps
                 from stiv_jax.training import validation
-                validation.run_validation(config=config, workdir=workdir, step=done, params=state.ema_params,
-                                          bundle=bundle, mesh=mesh, rules=rules, writer=writer)
-    manager.wait_until_finished()
+                with goodput.phase("eval"), pause():
+                    validation.run_validation(config=config, workdir=workdir, step=done, params=state.ema_params,
+                                              bundle=bundle, mesh=mesh, rules=rules, writer=writer)
+    with goodput.phase("checkpoint"), pause():  # the last asynchronous save may take long on a big state
+        manager.wait_until_finished()
     manager.close()
+    if is_lead:
+        print(f"{goodput.summary_line()} (whole run)", flush=True)
+        with open(os.path.join(workdir, "goodput.json"), "w") as f:
+            json.dump(dict(goodput.summary(), steps=[first_step, int(state.step)]), f, indent=1)
     writer.close()
     watcher.close()
     if aborted_streak:

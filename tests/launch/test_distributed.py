@@ -81,3 +81,31 @@ def test_a_missing_host_times_out_with_a_message_naming_the_coordinator():
     assert (f"did not finish within 2 s: process 0 waited for 2 processes at coordinator {coordinator}"
             in result.stderr)
     assert "started on one host only" in result.stderr
+
+
+def test_expected_processes_without_a_launch_environment_is_refused():
+    # A pod job's command run by hand on one machine: STIV_EXPECTED_PROCESSES says 2, nothing says who the others are.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", STIV_EXPECTED_PROCESSES="2", STIV_INIT_TIMEOUT_S="5")
+    for name in ("STIV_COORDINATOR_ADDRESS", "STIV_NUM_PROCESSES", "STIV_PROCESS_ID", "SLURM_JOB_ID"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, "-m", "stiv_jax.launch.distributed"], env=env, cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "STIV_EXPECTED_PROCESSES=2 asks for a multi-process job, but no launch environment was found" \
+        in result.stderr
+    assert "python -m stiv_jax.launch.local" in result.stderr
+
+
+def test_fewer_processes_than_the_launch_expects_fail_naming_both_numbers():
+    # Two processes join each other, but the launch announced three hosts: one host is missing from the job.
+    envs = local.process_environments(2, port=local.free_port(), devices_per_process=1, init_timeout_s=60)
+    procs = []
+    for env in envs:
+        env[distributed.ENV_EXPECTED] = "3"
+        procs.append(subprocess.Popen([sys.executable, "-m", "stiv_jax.launch.distributed"], env=env, cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 3, err[-2000:]
+        assert ("this job expects 3 JAX processes (STIV_EXPECTED_PROCESSES=3) but jax.process_count() is 2: "
+                "1 host(s) are missing") in err
