@@ -97,4 +97,6 @@ def write_prompt_file(gen: Generator, config, task: str, prompt_file: str, out_d
             video_io.encode_mp4(video, fps=config.sample.fps, path=partial)
             os.replace(partial, path(prompt, index))
             written.append(path(prompt, index))
+    if os.path.isdir(os.path.join(out_dir, ".partial")):
+        os.rmdir(os.path.join(out_dir, ".partial"))   # empty once every video is renamed
     return written

@@ -299,7 +299,10 @@ def test_latent_path_reads_the_encoder_jobs_records_of_the_real_clips(demo_shard
     data = demo_config(str(tmp_path)).data
     data.kind = "latent"
     batch = next(pipeline.make_iterator(data, seed=0, tokenize=tokenize))
-    assert batch["latents"].shape == (8, 8, 16, 16, 48) and batch["text_ids"].shape == (8, 32)
+    assert batch["latents"].shape == (8, 8, 16, 16, 48)
+    # The demo's frozen MiniLM text was encoded by the job: embeddings instead of token ids.
+    assert batch["text_embeddings"].shape == (8, 32, 384) and batch["pooled_text"].shape == (8, 384)
+    assert batch["text_mask"].shape == (8, 32) and "text_ids" not in batch
     pixels = demo_config(demo_shards).data
     pixels.random_crop = False
     by_id = {}
