@@ -73,7 +73,7 @@ def test_watchdog_ends_a_training_run_whose_data_stalls(tmp_path, run_driver):
     assert "step 4:" not in result.stdout
     idle = re.search(r"hang watchdog: no training step for ([\d.]+) s after step 3 \(limit 5 s\)", result.stderr)
     assert idle, result.stderr[-3000:]
-    assert HANG_TIMEOUT_S < float(idle.group(1)) < HANG_TIMEOUT_S + 3.0  # fired within a few polls of the limit
+    assert HANG_TIMEOUT_S <= float(idle.group(1)) < HANG_TIMEOUT_S + 3.0  # fired within a few polls (printed %.1f)
     # Every thread's stack: the main thread stuck in the data source, found by faulthandler's C-level dump too.
     assert 'Thread "MainThread"' in result.stderr and "data_source_stalls" in result.stderr
     assert 'Thread "stiv-hang-watchdog"' in result.stderr
