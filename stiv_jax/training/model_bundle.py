@@ -86,14 +86,14 @@ class ModelBundle:
             text_params = self.text_encoder.pretrained_params
         return self.text_encoder.apply({"params": text_params}, ids, mask)
 
-    def null_text(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def null_text(self) -> tuple[jax.Array, jax.Array, tuple[jax.Array, jax.Array]]:
         """The empty prompt's ``(ids, mask, (sequence, pooled))``, ``[1, text_length(, dim)]``, evaluated eagerly
         (concrete even inside a trace): the CFG null text of batches with precomputed text embeddings."""
+        if not self.text_encoder.frozen:
+            raise ValueError(f"batches with precomputed text_embeddings need a frozen text encoder, but "
+                             f"config.text.kind={self.text_encoder.kind!r} is trainable")
         ids, mask = (jnp.asarray(a) for a in self.tokenize([""]))
         with jax.ensure_compile_time_eval():
-            if not self.text_encoder.frozen:
-                raise ValueError(f"batches with precomputed text_embeddings need a frozen text encoder, but "
-                                 f"config.text.kind={self.text_encoder.kind!r} is trainable")
             return ids, mask, tuple(jnp.asarray(x) for x in self.encode_text({}, ids, mask))
 
     def velocity(self, params, latents, timesteps, ids, mask, *, text=None, frozen=None, micro_conditions=None,
