@@ -30,14 +30,16 @@ MESH_ICI = {
     "M": dict(data=1, fsdp=-1, context=1, tensor=1),
 }
 
-# The M model on 512x512 videos (config argument tpu=v5p|v5e): with the paper's remat one sample's activations
-# take ~13 GiB, so the paper's global batch 1024 runs as 2 accumulated micro-batches of 4 samples per chip on
-# v5p-256 (95 GiB chips); a v5e chip (16 GiB) cannot hold one sample with that remat, so on 4 x v5e-256
-# (1 sample per chip) only the block inputs are kept and the rest is recomputed. Measured with stiv_jax.compile
-# (BENCHMARKS.md "## compile"); other sizes and resolutions ignore ``tpu``.
+# The M model on 512x512 videos (config argument tpu=v5p|v5e), both with the paper's remat (save only the
+# self-attention outputs), under which one sample's activations take ~13 GiB per 46-block stack:
+#   v5p (95 GiB chips): FSDP, the global batch 1024 as 2 accumulated micro-batches of 4 samples per chip on v5p-256.
+#   v5e (16 GiB chips): a chip cannot hold one sample, so each sample's tokens are split over 2 chips (context
+#     parallelism, Ulysses all-to-all attention, weights sharded over fsdp x context); 4 x v5e-256 run the batch
+#     as 2 micro-batches of 512 samples (1 sample per 2 chips).
+# Measured with stiv_jax.compile (BENCHMARKS.md "## compile"); other sizes and resolutions ignore ``tpu``.
 M_512_VIDEO_LAYOUTS = {
     "v5p": dict(grad_accum_steps=2),
-    "v5e": dict(remat_policy="full"),
+    "v5e": dict(grad_accum_steps=2, context=2, mesh_rules="fsdp_context", context_attention="ulysses"),
 }
 STAGE_DEFAULTS = dict(size="XL", runlocal=False, root="runs", unmasked=False, tpu="v5p")
 UNMASKED_STEPS = {"image": 50_000, "video": 100_000}  # unmasked fine-tune after MaskDiT (§2.7, §5.1)
@@ -124,6 +126,8 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     # Save only the self-attention outputs for the backward pass (§5.1); "full" keeps only block inputs.
     c.model.remat_policy = "none" if local else layout.get("remat_policy", "self_attention")
     c.model.attention_impl = "xla" if local else "splash"  # Pallas splash attention on TPU
+    # Self-attention over tokens sharded on the mesh's context axis: gspmd (XLA gathers keys/values) | ulysses
+    c.model.context_attention = layout.get("context_attention", "gspmd")
     c.model.dtype = "float32" if local else "bfloat16"  # compute dtype (INFERRED bf16 on TPU)
     c.model.param_dtype = "float32"        # master weights stay fp32
 
@@ -179,9 +183,9 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.optim.max_nonfinite_steps = 10       # NaN/Inf updates are skipped; abort after this many in a row
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.ici = dict(MESH_ICI[args.size])  # per-slice axis sizes; -1 fills with the remaining chips
+    c.mesh.ici = dict(MESH_ICI[args.size], context=layout.get("context", 1))  # per-slice axis sizes; -1 fills
     c.mesh.dcn = dict(data=-1)             # across slices (multi-slice TPU): batch over the slices
-    c.mesh.rules = "default"               # logical-axis preset: default | fsdp | fsdp_tensor | fsdp_context
+    c.mesh.rules = layout.get("mesh_rules", "default")  # preset: default | fsdp | fsdp_tensor | fsdp_context
     c.mesh.logical_rules = ()              # explicit (name, axes) pairs override the preset
 
     c.sample = ml_collections.ConfigDict()

@@ -112,8 +112,13 @@ def _check_splash_platform(config: DiTConfig):
                          f"{platform!r}; use attention_impl='xla' or 'dot_product' here")
 
 
-def splash_attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig):
-    """Pallas TPU splash attention, vmapped over the batch and ``shard_map``-ped over the active mesh."""
+def splash_attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig,
+                     batch_name: str = "activation_batch"):
+    """Pallas TPU splash attention, vmapped over the batch and ``shard_map``-ped over the active mesh.
+
+    The batch dimension is sharded as the logical ``batch_name`` maps to, heads as ``activation_heads``; the
+    sequences are whole on every device (a sharded sequence is gathered: use Ulysses to keep it sharded).
+    """
     _check_splash_platform(config)
     if kv_mask is None:
         kv_mask = jnp.ones((k.shape[0], k.shape[1]), bool)
@@ -122,14 +127,14 @@ def splash_attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiT
     if mesh.empty:
         return run(q, k, v, kv_mask)
     rules = nn.get_logical_axis_rules()
-    batch_axes = nn.logical_to_mesh_axes(("activation_batch",), rules)[0]
+    batch_axes = nn.logical_to_mesh_axes((batch_name,), rules)[0]
     head_axes = nn.logical_to_mesh_axes(("activation_heads",), rules)[0]
     tokens = PartitionSpec(batch_axes, None, head_axes, None)
     return jax.shard_map(run, mesh=mesh, in_specs=(tokens, tokens, tokens, PartitionSpec(batch_axes, None)),
                          out_specs=tokens, check_vma=False)(q, k, v, kv_mask)
 
 
-def _ulysses(q, k, v, *, kv_mask, causal: bool, config: DiTConfig, length_name: str):
+def _ulysses(q, k, v, *, kv_mask, causal: bool, config: DiTConfig, length_name: str, batch_name: str):
     """Context-parallel self-attention whose per-device kernel is ``config.attention_impl``."""
     if config.attention_impl == "splash":
         _check_splash_platform(config)
@@ -138,20 +143,24 @@ def _ulysses(q, k, v, *, kv_mask, causal: bool, config: DiTConfig, length_name: 
         kernel = jax_nn_attention if config.attention_impl == "dot_product" else xla_attention
         local = lambda q, k, v, m: kernel(q, k, v, kv_mask=m, causal=causal)  # noqa: E731
     return context_attention.ulysses_attention(q, k, v, mask=kv_mask, length_name=length_name,
-                                               local_attention=local)
+                                               batch_names=(batch_name,), local_attention=local)
 
 
-def attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig, length_name: str | None = None):
+def attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig, length_name: str | None = None,
+              batch_name: str = "activation_batch"):
     """Dispatches to ``config.attention_impl``; ``[batch, q_len, heads, head_dim]`` out, zero for empty rows.
 
     ``length_name`` is the logical name of a self-attention's sequence dimension (``activation_length`` or
     ``activation_frames``); with it and ``config.context_attention='ulysses'`` the attention is context parallel.
+    ``batch_name`` is the logical name of the batch dimension (``activation_batch_length`` when spatial tokens are
+    folded into it, as in temporal attention).
     """
     if config.context_attention == "ulysses" and length_name is not None:
-        out = _ulysses(q, k, v, kv_mask=kv_mask, causal=causal, config=config, length_name=length_name)
+        out = _ulysses(q, k, v, kv_mask=kv_mask, causal=causal, config=config, length_name=length_name,
+                       batch_name=batch_name)
     else:
         impls = {"xla": xla_attention, "dot_product": jax_nn_attention,
-                 "splash": functools.partial(splash_attention, config=config)}
+                 "splash": functools.partial(splash_attention, config=config, batch_name=batch_name)}
         out = impls[config.attention_impl](q, k, v, kv_mask=kv_mask, causal=causal)
     if kv_mask is not None:
         out = jnp.where(kv_mask.any(-1)[:, None, None, None], out, jnp.zeros_like(out))

@@ -68,7 +68,8 @@ class STIVBlock(nn.Module):
                 h = h.transpose(0, 2, 1, 3).reshape(b * s, t, d)
                 h = Attention(cfg, qk_norm=cfg.qk_norm, causal=cfg.causal_temporal,
                               zero_init_out=cfg.zero_init_temporal_out, remat_name="temporal_attention",
-                              length_axis="activation_frames", name="temporal_attn")(h, angles=inputs["temporal"])
+                              length_axis="activation_frames", batch_axis="activation_batch_length",
+                              name="temporal_attn")(h, angles=inputs["temporal"])
                 h = self.post_norm(h.reshape(b, s, t, d).transpose(0, 2, 1, 3))
                 x = shard_logical(x + (gate(mods[8], h) if cfg.temporal_adaln else h), TOKENS)
         else:
@@ -78,9 +79,10 @@ class STIVBlock(nn.Module):
                 h, angles=inputs["full"])
             x = shard_logical(x + gate(gate_a, self.post_norm(h.reshape(b, t, s, d))), TOKENS)
 
-        # Cross-attention of every video token to the text sequence (no norm, no modulation).
+        # Cross-attention of every video token to the text sequence (no norm, no modulation); frames are folded
+        # into the batch (each sees its sample's text), so tokens sharded over ``context`` stay local.
         h = Attention(cfg, qk_norm=cfg.cross_attn_qk_norm, remat_name="cross_attention", name="cross_attn")(
-            x.reshape(b, t * s, d), context=inputs["text"], kv_mask=inputs["text_mask"])
+            x.reshape(b * t, s, d), context=inputs["text"], kv_mask=inputs["text_mask"], context_repeat=t)
         x = shard_logical(x + h.reshape(b, t, s, d), TOKENS)
 
         h = FeedForward(cfg, name="ffn")(modulate(norm(x), shift_f, scale_f))

@@ -100,9 +100,12 @@ class Attention(nn.Module):
     zero_init_out: bool = False
     remat_name: str | None = None
     length_axis: str = "activation_length"   # logical name of q_len (frames for temporal attention)
+    batch_axis: str = "activation_batch"     # logical name of batch (batch x tokens for temporal attention)
 
     @nn.compact
-    def __call__(self, x, *, context=None, kv_mask=None, angles=None):
+    def __call__(self, x, *, context=None, kv_mask=None, angles=None, context_repeat: int = 1):
+        """``context_repeat``: each ``context`` row (and ``kv_mask`` row) serves that many consecutive query rows
+        (cross-attention of ``[batch * frames, tokens, width]`` queries to ``[batch, text_len, width]`` text)."""
         cfg = self.config
         self_attention = context is None
         context = x if self_attention else context
@@ -110,8 +113,11 @@ class Attention(nn.Module):
         q = dense(heads, axes=("embed", "heads", "head_dim"), config=cfg, name="query")(x)
         k = dense(heads, axes=("embed", "heads", "head_dim"), config=cfg, name="key")(context)
         v = dense(heads, axes=("embed", "heads", "head_dim"), config=cfg, name="value")(context)
-        q_names = ("activation_batch", self.length_axis, "activation_heads", None)
-        kv_names = q_names if self_attention else ("activation_batch", "activation_text_length",
+        if context_repeat > 1:
+            k, v = jnp.repeat(k, context_repeat, axis=0), jnp.repeat(v, context_repeat, axis=0)
+            kv_mask = None if kv_mask is None else jnp.repeat(kv_mask, context_repeat, axis=0)
+        q_names = (self.batch_axis, self.length_axis, "activation_heads", None)
+        kv_names = q_names if self_attention else (self.batch_axis, "activation_text_length",
                                                    "activation_heads", None)
         q, k, v = shard_logical(q, q_names), shard_logical(k, kv_names), shard_logical(v, kv_names)
         if self.qk_norm:
@@ -123,7 +129,7 @@ class Attention(nn.Module):
         kernel_config = (dataclasses.replace(cfg, attention_impl="xla", context_attention="gspmd")
                          if self.is_initializing() else cfg)
         out = attention(q, k, v, kv_mask=kv_mask, causal=self.causal, config=kernel_config,
-                        length_name=self.length_axis if self_attention else None)
+                        length_name=self.length_axis if self_attention else None, batch_name=self.batch_axis)
         out = shard_logical(out, q_names)
         if self.remat_name:
             out = checkpoint_name(out, self.remat_name)
@@ -132,15 +138,19 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Two-layer GELU MLP with hidden size ``mlp_ratio * width``."""
+    """Two-layer GELU MLP with hidden size ``mlp_ratio * width`` on ``[*token_names[:-1], width]`` inputs."""
 
     config: DiTConfig
+    # Logical names of the input dims; the hidden activation keeps them with ``activation_mlp`` last, so tokens
+    # sharded over ``context`` stay sharded through the (4x wider) hidden layer.
+    token_names: tuple[str | None, ...] = ("activation_batch", "activation_frames", "activation_length",
+                                           "activation_embed")
 
     @nn.compact
     def __call__(self, x):
         cfg = self.config
         h = dense(cfg.mlp_dim, axes=("embed", "mlp"), config=cfg, name="wi")(x)
-        h = shard_logical(nn.gelu(h), ("activation_batch",) + (None,) * (h.ndim - 2) + ("activation_mlp",))
+        h = shard_logical(nn.gelu(h), tuple(self.token_names[:-1]) + ("activation_mlp",))
         h = checkpoint_name(h, "ffn_hidden")
         return dense(cfg.width, axes=("mlp", "embed"), config=cfg, name="wo")(h)
 

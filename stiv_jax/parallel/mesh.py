@@ -21,6 +21,7 @@ MESH_AXES = ("data", "fsdp", "context", "tensor")
 # heads and MLP hidden over tensor, video tokens over context. A name with no rule is replicated.
 DEFAULT_LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("activation_batch", ("data", "fsdp")),
+    ("activation_batch_length", ("data", "fsdp", "context")),   # batch x tokens, folded (temporal attention)
     ("activation_length", "context"),
     ("activation_frames", None),
     ("activation_embed", None),

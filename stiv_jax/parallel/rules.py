@@ -21,20 +21,25 @@ import numpy as np
 Rules = tuple[tuple[str, Any], ...]
 
 _BATCH = ("activation_batch", ("data", "fsdp"))
+# Temporal attention folds the spatial tokens into the batch ([batch * tokens, frames, ...]): that dimension is
+# sharded like batch and, under context parallelism, also over ``context`` (the tokens' axis), so the fold is local.
+_BATCH_TOKENS = ("activation_batch_length", ("data", "fsdp"))
 _REPLICATED_ACTIVATIONS = (("activation_frames", None), ("activation_embed", None),
                            ("activation_text_length", None), ("head_dim", None), ("layers", None), ("norm", None))
 
 PRESETS: dict[str, Rules] = {
-    "fsdp": (_BATCH, ("activation_length", None), ("activation_heads", None), ("activation_mlp", None),
-             ("embed", "fsdp"), ("mlp", None), ("heads", None), ("vocab", None)) + _REPLICATED_ACTIVATIONS,
-    "fsdp_tensor": (_BATCH, ("activation_length", None), ("activation_heads", "tensor"),
+    "fsdp": (_BATCH, _BATCH_TOKENS, ("activation_length", None), ("activation_heads", None),
+             ("activation_mlp", None), ("embed", "fsdp"), ("mlp", None), ("heads", None), ("vocab", None))
+            + _REPLICATED_ACTIVATIONS,
+    "fsdp_tensor": (_BATCH, _BATCH_TOKENS, ("activation_length", None), ("activation_heads", "tensor"),
                     ("activation_mlp", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
                     ("vocab", None)) + _REPLICATED_ACTIVATIONS,
     # Context parallelism: the context axis also shards weights (as FSDP), else each context group would
     # hold a full replica of the parameters and optimizer state.
-    "fsdp_context": (_BATCH, ("activation_length", "context"), ("activation_heads", None),
-                     ("activation_mlp", None), ("embed", ("fsdp", "context")), ("mlp", None), ("heads", None),
-                     ("vocab", None)) + _REPLICATED_ACTIVATIONS,
+    "fsdp_context": (_BATCH, ("activation_batch_length", ("data", "fsdp", "context")),
+                     ("activation_length", "context"), ("activation_heads", None), ("activation_mlp", None),
+                     ("embed", ("fsdp", "context")), ("mlp", None), ("heads", None), ("vocab", None))
+            + _REPLICATED_ACTIVATIONS,
 }
 
 

@@ -111,11 +111,12 @@ def test_paper_optimizer_and_the_measured_m512_layout():
         assert (optim.name, optim.b1, optim.weight_decay, optim.grad_clip) == ("adafactor", 0.9, 0.0, 1.0)
     for stage in ("t2v_512", "stiv_512", "stiv_jit_512"):
         v5p, v5e = load(stage, "size=M"), load(stage, "size=M,tpu=v5e")
-        for config in (v5p, v5e):
+        for config in (v5p, v5e):   # both: the paper's batch, MaskDiT and remat, as 2 micro-batches
             assert config.data.batch_size == 1024 and config.model.mask_ratio == 0.5
-            assert config.mesh.rules == "default" and config.mesh.ici.fsdp == -1
-        assert (v5p.model.remat_policy, v5p.optim.grad_accum_steps) == ("self_attention", 2)
-        assert (v5e.model.remat_policy, v5e.optim.grad_accum_steps) == ("full", 1)
+            assert (config.model.remat_policy, config.optim.grad_accum_steps) == ("self_attention", 2)
+            assert config.mesh.ici.fsdp == -1
+        assert (v5p.mesh.rules, v5p.mesh.ici.context, v5p.model.context_attention) == ("default", 1, "gspmd")
+        assert (v5e.mesh.rules, v5e.mesh.ici.context, v5e.model.context_attention) == ("fsdp_context", 2, "ulysses")
         xl = load(stage, "size=XL,tpu=v5e")   # other sizes keep the paper's remat and one micro-batch
         assert (xl.model.remat_policy, xl.optim.grad_accum_steps) == ("self_attention", 1)
     with pytest.raises(ValueError, match="tpu='v4' is not known"):

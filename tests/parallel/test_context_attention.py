@@ -2,6 +2,7 @@
 as the STIV DiT's self-attention (``config.model.context_attention='ulysses'``)."""
 import dataclasses
 import os
+import re
 import sys
 
 import jax
@@ -99,3 +100,26 @@ def test_dit_with_ulysses_self_attention_matches_gspmd_values_and_grads():
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+
+def test_context_parallelism_keeps_every_activation_of_the_dit_sharded():
+    """Each sample's tokens over context=2 (Ulysses, fsdp_context), parameters replicated: the compiled forward
+    and backward pass must gather nothing. A layer that needs its tokens whole on a device (temporal attention's
+    batch x tokens fold, the FFN hidden, cross-attention over the flattened video) would show as an all-gather of
+    activations, and its memory would not shrink with the context size."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model"))
+    from test_dit import forward, init_params, make_config, make_inputs
+    config = make_config(num_heads=8, context_attention="ulysses")
+    params = init_params(config, make_inputs(batch=2))
+    inputs = make_inputs(batch=4, frames=8)
+    inputs["latents"] = jnp.zeros((4, 8, 32, 32, 4))   # 8 frames x 256 spatial tokens per sample
+    apply = forward(config)
+    fn = jax.grad(lambda p, x: jnp.mean(jnp.square(apply(p, x))))
+    with mesh_lib.activate(_mesh(fsdp=4, context=2), preset_rules("fsdp_context")):
+        hlo = jax.jit(fn).lower(params, inputs).compile().as_text()
+    gathers = [line.strip()[:160] for line in hlo.splitlines() if re.search(r" all-gather(-start)?\(", line)]
+    assert not gathers, "\n".join(gathers)
+    # The spatial self-attention of every block ran Ulysses: 4 all-to-alls forward and 4 backward.
+    blocks = config.depth + config.decoder_depth
+    assert len(re.findall(r" all-to-all(-start)?\(", hlo)) >= 8 * blocks
