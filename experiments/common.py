@@ -132,13 +132,22 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.model.param_dtype = "float32"        # master weights stay fp32
 
     c.latent = ml_collections.ConfigDict()
-    c.latent.kind = "pixels"               # stand-in until a VAE latent space lands (paper: frozen 8-ch VAE)
-    c.latent.factor = 4 if local else 8    # spatial compression (paper VAE: 8x, INFERRED)
+    # No VAE weights ship with the code: the default is a lossless space-to-depth stand-in; pod runs point at a
+    # local diffusers AutoencoderKL with --config.latent.kind=vae --config.latent.path=DIR (paper: frozen 8-ch VAE).
+    c.latent.kind = "pixels"               # pixels | vae
+    c.latent.factor = 4 if local else 8    # spatial compression (paper VAE: 8x, INFERRED; checked against the VAE)
+    c.latent.path = ""                     # kind=vae: AutoencoderKL directory (config.json + safetensors)
+    c.latent.frame_chunk = 16              # kind=vae: frames encoded/decoded per VAE call (bounds memory)
 
     c.text = ml_collections.ConfigDict()
-    c.text.kind = "token_embedding"        # stand-in text encoder (paper: frozen internal CLIP-bigG, 1280 wide)
-    c.text.dim = 64 if local else 1280     # text embedding width (CLIP-bigG: 1280)
+    # The same for text: a trainable token-embedding stand-in by default; pod runs load a local checkpoint with
+    # --config.text.kind=clip --config.text.path=DIR (paper: frozen internal CLIP-bigG, 1280 wide).
+    c.text.kind = "token_embedding"        # token_embedding | clip | t5 | bert
+    c.text.path = ""                       # pretrained encoder directory (transformers safetensors checkpoint)
+    c.text.tokenizer = ml_collections.ConfigDict(dict(kind="", path=""))  # "": the encoder's own tokenizer
+    c.text.dim = 64 if local else 1280     # text embedding width (CLIP-bigG: 1280; checked against the checkpoint)
     c.text.max_length = 32 if local else 128  # tokens per caption (not stated in the paper)
+    c.text.frozen = True                   # pretrained encoders stay frozen, outside the train state
 
     c.data = ml_collections.ConfigDict()
     c.data.kind = "video"                  # decode clips (latent: precomputed VAE latents + text embeddings)
