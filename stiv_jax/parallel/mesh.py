@@ -159,3 +159,12 @@ def host_to_global_batch(batch: dict[str, np.ndarray], mesh: Mesh, rules) -> dic
         global_shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
     return jax.tree.map(to_global, batch)
+
+
+def fetch_global(x) -> np.ndarray:
+    """The whole value of ``x`` as numpy on this process, also when it is sharded over other processes' devices
+    (an all-gather across processes: every process must call it)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)

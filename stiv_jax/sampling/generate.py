@@ -13,6 +13,7 @@ import numpy as np
 
 from stiv_jax.diffusion import flow, samplers, tasks
 from stiv_jax.diffusion.guidance import Guidance, guided_velocity
+from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.training.model_bundle import ModelBundle
 from stiv_jax.training.step import model_velocity
 
@@ -104,8 +105,9 @@ class Generator:
         return self.bundle.latent_space.encode(None, video)
 
     def to_uint8(self, latents: jnp.ndarray) -> np.ndarray:
-        """Latents -> uint8 ``[batch, frames, height, width, 3]`` through the run's latent space."""
-        video = np.asarray(self.bundle.latent_space.decode(None, latents))
+        """Latents -> uint8 ``[batch, frames, height, width, 3]`` through the run's latent space (the whole batch
+        on every process, also when the latents are sharded over several processes' devices)."""
+        video = mesh_lib.fetch_global(self.bundle.latent_space.decode(None, latents))
         return np.clip(np.round((video + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
