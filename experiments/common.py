@@ -30,16 +30,20 @@ MESH_ICI = {
     "M": dict(data=1, fsdp=-1, context=1, tensor=1),
 }
 
-# The M model on 512x512 videos (config argument tpu=v5p|v5e), both with the paper's remat (save only the
-# self-attention outputs), under which one sample's activations take ~13 GiB per 46-block stack:
+# The M model on 512x512 videos (config argument tpu=v5p|v5e), all with the paper's remat (save only the
+# self-attention outputs), under which one MaskDiT sample's activations take ~13 GiB per 46-block stack:
 #   v5p (95 GiB chips): FSDP, the global batch 1024 as 2 accumulated micro-batches of 4 samples per chip on v5p-256.
 #   v5e (16 GiB chips): a chip cannot hold one sample, so each sample's tokens are split over 2 chips (context
 #     parallelism, Ulysses all-to-all attention, weights sharded over fsdp x context); 4 x v5e-256 run the batch
 #     as 2 micro-batches of 512 samples (1 sample per 2 chips).
+# The unmasked fine-tune sees twice the tokens per sample: twice the micro-batches (v5p) or twice the chips per
+# sample (v5e), so tokens per chip stay those of the masked stage.
 # Measured with stiv_jax.compile (BENCHMARKS.md "## compile"); other sizes and resolutions ignore ``tpu``.
+_ULYSSES = dict(mesh_rules="fsdp_context", context_attention="ulysses")
 M_512_VIDEO_LAYOUTS = {
-    "v5p": dict(grad_accum_steps=2),
-    "v5e": dict(grad_accum_steps=2, context=2, mesh_rules="fsdp_context", context_attention="ulysses"),
+    "v5p": {"masked": dict(grad_accum_steps=2), "unmasked": dict(grad_accum_steps=4)},
+    "v5e": {"masked": dict(grad_accum_steps=2, context=2, **_ULYSSES),
+            "unmasked": dict(grad_accum_steps=4, context=4, **_ULYSSES)},
 }
 STAGE_DEFAULTS = dict(size="XL", runlocal=False, root="runs", unmasked=False, tpu="v5p")
 UNMASKED_STEPS = {"image": 50_000, "video": 100_000}  # unmasked fine-tune after MaskDiT (§2.7, §5.1)
@@ -99,7 +103,9 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
             raise ValueError(f"config argument 'unmasked': stage {stage!r} already trains on all tokens; drop it")
         source_stage, stage, masked = stage, f"{stage}_unmasked", False
         total_steps = UNMASKED_STEPS["image" if frames == 1 else "video"]
-    layout = M_512_VIDEO_LAYOUTS[args.tpu] if (args.size == "M" and resolution >= 512 and frames > 1) else {}
+    layout = {}
+    if args.size == "M" and resolution >= 512 and frames > 1:
+        layout = M_512_VIDEO_LAYOUTS[args.tpu]["masked" if masked else "unmasked"]
     c = ml_collections.ConfigDict()
     c.stage = stage                        # name of this stage (workdir convention: {root}/{stage}_{size})
     c.seed = 0                             # seeds parameters, data order and per-step noise
