@@ -36,12 +36,12 @@ MESH_ICI = {
 #   v5e (16 GiB chips): a chip cannot hold one sample, so each sample's tokens are split over 2 chips (context
 #     parallelism, Ulysses all-to-all attention, weights sharded over fsdp x context); 4 x v5e-256 run the batch
 #     as 2 micro-batches of 512 samples (1 sample per 2 chips).
-# The unmasked fine-tune sees twice the tokens per sample: twice the micro-batches (v5p) or twice the chips per
-# sample (v5e), so tokens per chip stay those of the masked stage.
+# The unmasked fine-tune sees twice the tokens per sample: v5p still fits 2 micro-batches (73 GiB of 95); v5e
+# splits each sample over 4 chips in 4 micro-batches, so tokens per chip stay those of the masked stage.
 # Measured with stiv_jax.compile (BENCHMARKS.md "## compile"); other sizes and resolutions ignore ``tpu``.
 _ULYSSES = dict(mesh_rules="fsdp_context", context_attention="ulysses")
 M_512_VIDEO_LAYOUTS = {
-    "v5p": {"masked": dict(grad_accum_steps=2), "unmasked": dict(grad_accum_steps=4)},
+    "v5p": {"masked": dict(grad_accum_steps=2), "unmasked": dict(grad_accum_steps=2)},
     "v5e": {"masked": dict(grad_accum_steps=2, context=2, **_ULYSSES),
             "unmasked": dict(grad_accum_steps=4, context=4, **_ULYSSES)},
 }
