@@ -291,7 +291,8 @@ class DataIterator(grain.DatasetIterator):
         self.skipped_records = int(state.get("skipped_records", 0))
 
     def close(self) -> None:
-        closer = getattr(self._inner, "close", None)
+        # Also called by grain's __del__ when __init__ failed (e.g. no record fits a bucket) before _inner existed.
+        closer = getattr(getattr(self, "_inner", None), "close", None)
         if closer is not None:
             closer()
 
