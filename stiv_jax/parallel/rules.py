@@ -21,8 +21,9 @@ import numpy as np
 Rules = tuple[tuple[str, Any], ...]
 
 _BATCH = ("activation_batch", ("data", "fsdp"))
-# Temporal attention folds the spatial tokens into the batch ([batch * tokens, frames, ...]): that dimension is
-# sharded like batch and, under context parallelism, also over ``context`` (the tokens' axis), so the fold is local.
+# Temporal attention folds the spatial tokens into the batch ([batch * tokens, frames, ...]). Without context
+# parallelism that dimension is sharded like the batch (below); fsdp_context (and default) add ``context``, the
+# tokens' axis, so the fold stays local.
 _BATCH_TOKENS = ("activation_batch_length", ("data", "fsdp"))
 _REPLICATED_ACTIVATIONS = (("activation_frames", None), ("activation_embed", None),
                            ("activation_text_length", None), ("head_dim", None), ("layers", None), ("norm", None))
