@@ -155,7 +155,8 @@ def attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig,
     ``batch_name`` is the logical name of the batch dimension (``activation_batch_length`` when spatial tokens are
     folded into it, as in temporal attention).
     """
-    if config.context_attention == "ulysses" and length_name is not None:
+    # Ulysses only where the sequence is split; otherwise the kernel's own path (splash keeps its shard_map).
+    if config.context_attention == "ulysses" and context_attention.sequence_shards(length_name) > 1:
         out = _ulysses(q, k, v, kv_mask=kv_mask, causal=causal, config=config, length_name=length_name,
                        batch_name=batch_name)
     else:

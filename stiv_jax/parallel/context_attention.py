@@ -41,6 +41,14 @@ def _mesh_axes(name: str | None) -> tuple[str, ...]:
     return tuple(axes) if isinstance(axes, (tuple, list)) else (axes,)
 
 
+def sequence_shards(length_name: str | None) -> int:
+    """How many devices the active mesh splits a sequence named ``length_name`` over (1: not split, or no mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty:
+        return 1
+    return math.prod(mesh.shape[a] for a in _mesh_axes(length_name))
+
+
 def ulysses_attention(query: jax.Array, key: jax.Array, value: jax.Array, *, mask: jax.Array | None = None,
                       scale: float | None = None, batch_names: Sequence[str] = ("activation_batch",),
                       length_name: str = "activation_length",

@@ -123,3 +123,22 @@ def test_context_parallelism_keeps_every_activation_of_the_dit_sharded():
     # The spatial self-attention of every block ran Ulysses: 4 all-to-alls forward and 4 backward.
     blocks = config.depth + config.decoder_depth
     assert len(re.findall(r" all-to-all(-start)?\(", hlo)) >= 8 * blocks
+
+
+@pytest.mark.parametrize("context, expect_kernel_path", [(1, True), (4, False)])
+def test_ulysses_runs_only_where_the_sequence_is_split(monkeypatch, context, expect_kernel_path):
+    """With context_attention='ulysses' on a mesh whose context axis is 1, self-attention takes the kernel's own
+    sharded path (splash under its shard_map); a Pallas kernel called on global arrays would be replicated."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model"))
+    from test_dit import make_config
+    from stiv_jax.model import attention_kernels
+    config = dataclasses.replace(make_config(num_heads=8), attention_impl="splash", splash_interpret=True,
+                                 context_attention="ulysses")
+    calls = []
+    monkeypatch.setattr(attention_kernels, "splash_attention",
+                        lambda q, k, v, **kw: calls.append(q.shape) or attention_kernels.xla_attention(q, k, v))
+    q, k, v = _qkv(8, 16, 8, 8)
+    fn = lambda q, k, v: attention_kernels.attention(q, k, v, config=config, length_name="activation_length")  # noqa
+    out = _run(fn, _mesh(data=8 // context, context=context), preset_rules("fsdp_context"), q, k, v)
+    np.testing.assert_allclose(out, attention_kernels.xla_attention(q, k, v), rtol=1e-5, atol=1e-5)
+    assert bool(calls) == expect_kernel_path, calls
