@@ -91,15 +91,14 @@ def video_grid(videos_bthwc: np.ndarray, *, columns: int, pad: int = 2) -> np.nd
 class Validator:
     """Validation of one run: held-out clips loaded once, grids and metrics written by process 0.
 
-    ``mesh``/``rules``: the training mesh (sampling runs under it; FVD features are computed data-parallel over
-    this process's devices of it); None: all devices.
+    ``mesh``: the training mesh (FVD features are computed data-parallel over this process's devices of it; the
+    sampler ``sample_fn`` carries its own mesh); None: all devices.
     """
 
-    def __init__(self, run_config, workdir: str, sample_fn: SampleFn, *, metric_writer=None, mesh=None,
-                 rules=None):
+    def __init__(self, run_config, workdir: str, sample_fn: SampleFn, *, metric_writer=None, mesh=None):
         self.config = validation_config(run_config)
         self.every_steps = int(run_config.get("sample_every", 0) or 0)
-        self.mesh, self.rules = mesh, rules
+        self.mesh = mesh
         self.fps = run_config.sample.fps
         self.workdir = workdir
         self.sample_fn = sample_fn
@@ -217,7 +216,7 @@ def run_validation(*, config, workdir: str, step: int, params, bundle, mesh=None
     validator = _VALIDATORS.get(workdir)
     if validator is None:
         sample_fn = make_sample_fn(config, bundle, mesh=mesh, rules=rules)
-        validator = Validator(config, workdir, sample_fn, metric_writer=writer, mesh=mesh, rules=rules)
+        validator = Validator(config, workdir, sample_fn, metric_writer=writer, mesh=mesh)
         _VALIDATORS[workdir] = validator
     return validator.run(step, params)
 
