@@ -83,7 +83,7 @@ def main():
     from stiv_jax.train import compile_train_step
     from stiv_jax.training import flops as flops_lib
     from stiv_jax.training import state as state_lib
-    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.model.bundle import build_model_bundle
     from stiv_jax.training.optimizer import build_optimizer
 
     config = demo.get_config()

@@ -13,7 +13,7 @@ its weights start from) and gets the full config back. ``arg`` is big_vision sty
                        ``{root}/{stage}_unmasked_{size}``
   tpu=v5p|v5e          the measured memory layout of the M model at 512x512 video (see M_512_VIDEO_LAYOUTS)
 
-Paper facts: ``../shared/STIV_SPEC.md`` sections 3 (sizes), 5 (recipe) and 7 (applications).
+Paper facts: the STIV paper's model sizes, training recipe and applications.
 """
 from __future__ import annotations
 
@@ -216,7 +216,7 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.sample.null_image = "noisy"          # what the unconditional pass sees in given frames: noisy | zero
     c.sample.fps = 8                       # fps of written videos (1 of 3 frames of ~24 fps sources)
 
-    # In-training validation (stiv_jax/training/validation.py) every sample_every steps, and the VBench harness.
+    # In-training validation (stiv_jax/eval/validation.py) every sample_every steps, and the VBench harness.
     c.sample_every = 0 if local else 5000  # steps between validations (0: off; runlocal stays fast)
     c.eval = ml_collections.ConfigDict()
     c.eval.validation = ml_collections.ConfigDict()

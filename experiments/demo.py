@@ -128,7 +128,7 @@ def get_config():
     config.sample.fps = 12                # fps of written videos
 
     config.eval = ml_collections.ConfigDict()
-    # In-training validation every config.sample_every steps (stiv_jax/training/validation.py): T2V and TI2V grids
+    # In-training validation every config.sample_every steps (stiv_jax/eval/validation.py): T2V and TI2V grids
     # in workdir/validation/ and TensorBoard. Cheap here (two batches of 10 solver steps each time);
     # --config.sample_every=0 turns it off.
     config.eval.validation = ml_collections.ConfigDict()

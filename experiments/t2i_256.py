@@ -1,4 +1,4 @@
-r"""T2I-256: text-to-image pretraining at 256x256, from scratch (STIV_SPEC §5.1-5.2, Tab. 2 final row).
+r"""T2I-256: text-to-image pretraining at 256x256, from scratch (STIV paper: recipe, Tab. 2 final row).
 
 Run (TPU pod; sizes XL, XXL, M; add root=DIR for the stage workdirs):
   python -m stiv_jax.train --config=experiments/t2i_256.py:size=XL --workdir=runs/t2i_256_XL

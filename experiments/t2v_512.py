@@ -10,7 +10,8 @@ Fit check (ahead-of-time compile for a TPU slice, on this host):
   python -m stiv_jax.compile --config=experiments/t2v_512.py:size=M --topology=v5p-256
   python -m stiv_jax.compile --config=experiments/t2v_512.py:size=M,tpu=v5e --topology=v5e-256 --num_slices=4
 Size M at 512 (BENCHMARKS.md "## compile"): tpu=v5p (default) runs the global batch 1024 as 2 micro-batches with the
-paper's remat on v5p-256; tpu=v5e keeps 1 sample per chip on 4 x v5e-256 and rematerialises whole blocks.
+paper's remat on v5p-256; tpu=v5e splits each sample over 2 chips (context parallelism, Ulysses) on 4 x v5e-256,
+also with the paper's remat (experiments/common.py M_512_VIDEO_LAYOUTS).
 
 Starts from the spatial weights of {root}/t2i_512_{size} (patch embed inflated along time) and the temporal
 attention of {root}/t2v_256_{size}; spatial RoPE keeps T2I-512's interpolation, temporal RoPE T2V-256's.

@@ -156,7 +156,7 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     from stiv_jax.checkpointing.manager import abstract_with_shardings
     from stiv_jax.parallel import mesh as mesh_lib
     from stiv_jax.training import state as state_lib
-    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.model.bundle import build_model_bundle
     from stiv_jax.training.optimizer import build_optimizer
     from stiv_jax.training.step import make_train_step
 

@@ -95,7 +95,7 @@ Load:
 
 ```python
 from stiv_jax.export import load_exported
-from stiv_jax.training.model_bundle import build_model_bundle
+from stiv_jax.model.bundle import build_model_bundle
 config, params = load_exported("DIR")
 bundle = build_model_bundle(config)
 velocity = bundle.velocity(params, latents, timesteps, ids, mask)

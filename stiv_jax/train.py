@@ -34,7 +34,7 @@ from stiv_jax.training import flops as flops_lib
 from stiv_jax.training import health
 from stiv_jax.training import metrics as metrics_lib
 from stiv_jax.training import state as state_lib
-from stiv_jax.training.model_bundle import build_model_bundle
+from stiv_jax.model.bundle import build_model_bundle
 from stiv_jax.training.optimizer import build_optimizer
 from stiv_jax.training.preemption import PreemptionWatcher
 from stiv_jax.training.step import make_train_step
@@ -103,7 +103,7 @@ def _train(config, workdir: str, *, watchdog, goodput) -> state_lib.TrainState:
     if is_lead:
         print(f"mesh {dict(mesh.shape)} over {mesh.size} devices, {jax.process_count()} process(es)")
     if config.get("sample_every", 0):
-        from stiv_jax.training import validation
+        from stiv_jax.eval import validation
         validation.check_settings(config)  # a typo in config.eval.validation fails now, not at the first validation
 
     # ----------------------------------------------------------------- data
@@ -227,7 +227,7 @@ def _train(config, workdir: str, *, watchdog, goodput) -> state_lib.TrainState:
                     print(f"preempted: saved step {done}, exiting")
                 break
             if sample_every and done % sample_every == 0:  # after the save: a failing validation loses no steps
-                from stiv_jax.training import validation
+                from stiv_jax.eval import validation
                 with goodput.phase("eval"), pause():
                     validation.run_validation(config=config, workdir=workdir, step=done, params=state.ema_params,
                                               bundle=bundle, mesh=mesh, rules=rules, writer=writer)

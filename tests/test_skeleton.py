@@ -39,7 +39,7 @@ def test_demo_trains_20_steps_on_8_devices_with_falling_loss(trained_run):
 def test_checkpoint_restores_identical_parameters(trained_run):
     from stiv_jax.parallel import mesh as mesh_lib
     from stiv_jax.training import state as state_lib
-    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.model.bundle import build_model_bundle
     from stiv_jax.training.optimizer import build_optimizer
     config, workdir, state = trained_run
     bundle = build_model_bundle(config)

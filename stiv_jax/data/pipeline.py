@@ -23,7 +23,6 @@ num_workers, on_host_count_change (refuse|restart).
 from __future__ import annotations
 
 import collections
-import glob
 import hashlib
 import json
 import os
@@ -36,19 +35,11 @@ from absl import flags, logging
 from stiv_jax.data import buckets as buckets_lib
 from stiv_jax.data import decoders, schema
 from stiv_jax.data.buckets import Bucket
+from stiv_jax.data.shard_files import shard_paths
 
 Tokenizer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 MAX_CONSECUTIVE_SKIPS = 1000   # a stream this corrupt is a configuration error, not bad luck
 SCAN_RECORDS = 2048            # records scanned at start-up to check every bucket has data
-
-
-def shard_paths(pattern: str, *, key: str = "config.data.shards") -> list[str]:
-    """ArrayRecord shard files of a directory or glob, sorted; errors name the config key."""
-    paths = sorted(glob.glob(os.path.join(pattern, "*.array_record")) if os.path.isdir(pattern)
-                   else glob.glob(pattern))
-    if not paths:
-        raise FileNotFoundError(f"{key}={pattern!r} matches no .array_record files")
-    return paths
 
 
 def open_source(pattern: str, *, key: str = "config.data.shards"):

@@ -20,7 +20,7 @@ from etils import epath
 from array_record.python import array_record_data_source
 
 from stiv_jax.data import schema
-from stiv_jax.data.pipeline import shard_paths
+from stiv_jax.data.shard_files import shard_paths
 
 NAME = "stiv_clips"
 FLOAT_FIELDS = ("start_sec", "end_sec", "fps", "duration", "motion_score")

@@ -1,4 +1,4 @@
-"""Classifier-free guidance for STIV: JIT-CFG, SIT-CFG and CFG-renorm (STIV_SPEC 2.10, 4.3).
+"""Classifier-free guidance for STIV: JIT-CFG, SIT-CFG and CFG-renorm (STIV paper: CFG-renormalisation; joint image-text CFG).
 
 The model is seen through ``model_fn(latents, timesteps, context) -> velocity`` where ``latents`` are
 ``[n, frames, height, width, channels]``, ``timesteps`` ``[n]`` and ``context`` a pytree of ``[n, ...]`` arrays

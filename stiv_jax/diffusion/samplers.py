@@ -1,7 +1,7 @@
 """Samplers integrating the learned velocity from t = 0 (noise) to t = 1 (data): Euler, Heun, and an SDE.
 
 Conditioning frames are re-imposed after every (sub-)step, so the returned latents equal the given ones there
-exactly and the model always sees them clean (STIV_SPEC 4.1, inference).
+exactly and the model always sees them clean (STIV paper: frame replacement at inference).
 
 The SDE has the same marginals as the ODE (SiT): ``dx = [v + w/2 * score] dt + sqrt(w) dW`` with the score of
 the linear interpolant ``score = -(x - t v) / (1 - t)`` and diffusion ``w(t) = g (1 - t)`` (``g`` =
@@ -87,8 +87,3 @@ def _normal(rng: jax.Array, step: int, shape, dtype) -> jnp.ndarray:
     if rng.ndim == 0:
         return jax.random.normal(jax.random.fold_in(rng, step), shape, dtype)
     return jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, step), shape[1:], dtype))(rng)
-
-
-def euler_sample(velocity_fn: VelocityFn, noise: jnp.ndarray, *, num_steps: int, **kwargs) -> jnp.ndarray:
-    """``sample`` with the Euler solver (kept for callers of the skeleton's name)."""
-    return sample(velocity_fn, noise, num_steps=num_steps, solver="euler", **kwargs)

@@ -1,6 +1,6 @@
 """Tasks of one STIV model as conditioning-frame layouts, and the per-sample task sampler for joint training.
 
-Every task is frame replacement (STIV_SPEC 4.1, 7): the frames a task gives are replaced by clean latents before
+Every task is frame replacement (STIV paper: frame replacement and its applications): the frames a task gives are replaced by clean latents before
 the model and excluded from the loss. Layouts, ``[frames]`` bool with True for a given frame:
 
   t2v               nothing given                                 ``. . . . . . . .``

@@ -15,6 +15,7 @@ import numpy as np
 from stiv_jax.diffusion import tasks
 from stiv_jax.diffusion.guidance import Guidance
 from stiv_jax.parallel import mesh as mesh_lib
+from stiv_jax.parallel import rules as rules_lib
 from stiv_jax.sampling.generate import Generator, SolverSettings, default_micro_conditions
 
 
@@ -42,7 +43,7 @@ class EvalSampler:
         self.config = run_config
         self.batch_size = max(1, int(batch_size))
         if mesh is not None:
-            batch_axes = mesh_lib.batch_sharding(mesh, rules or mesh_lib.DEFAULT_LOGICAL_RULES, 1).spec[0]
+            batch_axes = mesh_lib.batch_sharding(mesh, rules or rules_lib.DEFAULT_LOGICAL_RULES, 1).spec[0]
             batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes or ())
             shards = math.prod(mesh.shape[a] for a in batch_axes)
             self.batch_size = -(-self.batch_size // shards) * shards

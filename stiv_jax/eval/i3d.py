@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 
 from stiv_jax.parallel import mesh as mesh_lib
+from stiv_jax.parallel import rules as rules_lib
 
 I3D_RESOLUTION = 224   # the network's spatial size: its final 7x7 average pool needs 224 / 32 = 7
 FEATURE_DIM = 400      # Kinetics-400 logits
@@ -91,7 +92,7 @@ class I3DFeatureExtractor:
             mesh = default_mesh()
         self.mesh = mesh
         self.batch_size = -(-batch_size // mesh.size) * mesh.size
-        rules = rules or mesh_lib.DEFAULT_LOGICAL_RULES
+        rules = rules or rules_lib.DEFAULT_LOGICAL_RULES
         self._batch_sharding = mesh_lib.batch_sharding(self.mesh, rules, 5)
         replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
         self.variables = jax.device_put(variables or load_i3d_variables(), replicated)

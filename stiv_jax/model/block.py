@@ -1,4 +1,4 @@
-"""The STIV block (spec 2.5): spatial SA -> temporal SA -> cross-attention -> FFN, or full 3D SA instead.
+"""The STIV block: spatial SA -> temporal SA -> cross-attention -> FFN, or full 3D SA instead.
 
 Each self-attention and the FFN follow the sandwich form
 ``x = x + gate * postnorm(f(prenorm(x) * (1 + scale) + shift))``; temporal SA has no modulation unless
@@ -12,10 +12,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from stiv_jax.model.config import DiTConfig
-from stiv_jax.model.layers import Attention, FeedForward, dense, modulate, stateless_layer_norm
+from stiv_jax.model.layers import TOKENS, Attention, FeedForward, dense, modulate, stateless_layer_norm
 from stiv_jax.parallel.mesh import shard_logical
 
-TOKENS = ("activation_batch", "activation_frames", "activation_length", "activation_embed")
 # Names of the attention outputs tagged for remat; the paper saves only the self-attention ones.
 SELF_ATTENTION_OUTPUTS = ("spatial_attention", "temporal_attention", "full_attention")
 

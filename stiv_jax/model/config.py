@@ -1,7 +1,7 @@
 """Typed model configuration, built from the ``config.model`` ml-collections block.
 
-Every component of the STIV DiT (``../shared/STIV_SPEC.md`` sections 2-3) is a field here. Defaults follow the
-paper where it is explicit and the spec's INFERRED choices elsewhere.
+Every component of the STIV DiT (the paper's architecture and model sizes) is a field here. Defaults follow the
+paper where it is explicit; where it is silent, the field's comment says what was chosen and why.
 """
 from __future__ import annotations
 

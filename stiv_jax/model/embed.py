@@ -11,10 +11,8 @@ import jax.numpy as jnp
 from einops import rearrange
 
 from stiv_jax.model.config import DiTConfig, MICRO_CONDITIONS
-from stiv_jax.model.layers import dense, sinusoid, stateless_layer_norm
+from stiv_jax.model.layers import TOKENS, dense, sinusoid, stateless_layer_norm
 from stiv_jax.parallel.mesh import shard_logical
-
-TOKENS = ("activation_batch", "activation_frames", "activation_length", "activation_embed")
 
 
 def patchify(latents: jnp.ndarray, config: DiTConfig) -> jnp.ndarray:
@@ -63,7 +61,7 @@ class PatchEmbed(nn.Module):
 
 
 def inflate_patch_embed(params_t2i: Any, temporal_patch: int) -> Any:
-    """Inflates a T2I patch embedding (temporal patch 1) along time for a video model (spec 2.2).
+    """Inflates a T2I patch embedding (temporal patch 1) along time for a video model.
 
     The ``[1, p, p, c, width]`` kernel is repeated ``temporal_patch`` times and divided by it, so a static video
     embeds exactly as its frame did in the T2I model. Accepts the DiT parameter tree (``{'patch_embed': ...}``)
@@ -79,7 +77,7 @@ def inflate_patch_embed(params_t2i: Any, temporal_patch: int) -> Any:
 
 
 class MicroConditionEmbedding(nn.Module):
-    """Per-property sinusoid -> MLP -> stateless LN for each of ``MICRO_CONDITIONS``, summed (spec 2.4)."""
+    """Per-property sinusoid -> MLP -> stateless LN for each of ``MICRO_CONDITIONS``, summed."""
 
     config: DiTConfig
 
@@ -109,7 +107,7 @@ class MicroConditionEmbedding(nn.Module):
 
 
 class SingletonCondition(nn.Module):
-    """``c = LN(t_emb) + LN(proj(pooled text)) + sum_i LN(micro_i)`` ``[batch, width]`` (spec 2.4)."""
+    """``c = LN(t_emb) + LN(proj(pooled text)) + sum_i LN(micro_i)`` ``[batch, width]``."""
 
     config: DiTConfig
 

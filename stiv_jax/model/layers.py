@@ -15,6 +15,9 @@ from stiv_jax.model.config import DiTConfig
 from stiv_jax.model.rope import apply_rotary
 from stiv_jax.parallel.mesh import shard_logical
 
+# Logical axis names of a video token tensor ``[batch, frames, tokens, embed]``.
+TOKENS = ("activation_batch", "activation_frames", "activation_length", "activation_embed")
+
 
 def stateless_layer_norm(x: jnp.ndarray, eps: float = 1e-6) -> jnp.ndarray:
     """LayerNorm without scale or bias, computed in float32 (AXLearn ``LayerNormStateless``)."""

@@ -1,4 +1,4 @@
-"""MaskDiT token dropping (spec 2.7): one random set of spatial positions per sample, shared by every frame.
+"""MaskDiT token dropping: one random set of spatial positions per sample, shared by every frame.
 
 The kept tokens stay in a random order: attention is order-free and RoPE gets each kept token's original grid
 position, so the order carries no information (and tests catch any position bookkeeping error).

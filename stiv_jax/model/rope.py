@@ -1,6 +1,6 @@
 """Rotary position embeddings from explicit positions: 1D (temporal), 2D (spatial), 3D (full attention).
 
-Positions are floats, so interpolation (``../shared/STIV_SPEC.md`` 2.6) is a multiplication: a model trained
+Positions are floats, so interpolation (the STIV paper's RoPE interpolation) is a multiplication: a model trained
 on a 16x16 token grid runs on 32x32 with ``scale = 16 / 32``, which maps the new grid onto the old range.
 MaskDiT passes the original grid positions of the kept tokens.
 """

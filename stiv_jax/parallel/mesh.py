@@ -7,6 +7,7 @@ communication-intensive. Model code never names mesh axes: parameters and activa
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from typing import Any, Sequence
 
@@ -15,27 +16,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "context", "tensor")
+from stiv_jax.parallel.rules import preset_rules
 
-# Default logical -> mesh rules: batch over data+fsdp, weights FSDP-sharded on their embed dimension,
-# heads and MLP hidden over tensor, video tokens over context. A name with no rule is replicated.
-DEFAULT_LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_batch_length", ("data", "fsdp", "context")),   # batch x tokens, folded (temporal attention)
-    ("activation_length", "context"),
-    ("activation_frames", None),
-    ("activation_embed", None),
-    ("activation_heads", "tensor"),
-    ("activation_mlp", "tensor"),
-    ("activation_text_length", None),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("head_dim", None),
-    ("vocab", "tensor"),
-    ("layers", None),
-    ("norm", None),
-)
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 
 
 def resolve_axis_sizes(sizes: dict[str, int], num_devices: int, *, what: str) -> tuple[int, ...]:
@@ -100,7 +83,6 @@ def build_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh
 def logical_rules(mesh_config) -> tuple[tuple[str, Any], ...]:
     """The logical -> mesh axis rules: explicit ``config.mesh.logical_rules`` pairs if given, else the preset
     named by ``config.mesh.rules`` (see ``stiv_jax.parallel.rules``), else ``DEFAULT_LOGICAL_RULES``."""
-    from stiv_jax.parallel.rules import preset_rules
     rules = mesh_config.get("logical_rules", None) or preset_rules(mesh_config.get("rules", None) or "default")
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
@@ -117,29 +99,37 @@ def logical_to_sharding(logical_spec_tree, mesh: Mesh, rules) -> Any:
     return nn.logical_to_mesh_sharding(logical_spec_tree, mesh, rules)
 
 
-# Trace-time log of activation constraints, filled while ``record_activation_shardings`` is active.
-_ACTIVATION_LOG: list[str] | None = None
+# Trace-time log of activation constraints, a list while ``record_activation_shardings`` is active. A context
+# variable, not a module global: concurrent traces (threads) keep their own logs.
+_ACTIVATION_LOG: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("activation_log", default=None)
 
 
 @contextlib.contextmanager
 def record_activation_shardings():
     """Collects one line per ``shard_logical`` call traced inside the block (for ``config.mesh.debug_sharding``)."""
-    global _ACTIVATION_LOG
-    previous, _ACTIVATION_LOG = _ACTIVATION_LOG, []
+    log: list[str] = []
+    token = _ACTIVATION_LOG.set(log)
     try:
-        yield _ACTIVATION_LOG
+        yield log
     finally:
-        _ACTIVATION_LOG = previous
+        _ACTIVATION_LOG.reset(token)
+
+
+def _current_module_path() -> str:
+    """The Flax module path being traced, for the debug log. Flax Linen has no public accessor for the module
+    whose method is running, so this reads its module stack; it is only called while the log is recording."""
+    stack = nn.module._context.module_stack
+    module = stack[-1] if stack else None
+    return "/".join(module.scope.path) if module is not None and module.scope is not None else "-"
 
 
 def shard_logical(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """Constrains activation ``x`` to the sharding its logical axis ``names`` map to (no-op without a mesh)."""
-    if _ACTIVATION_LOG is not None:
-        module = nn.module._context.module_stack[-1] if nn.module._context.module_stack else None
-        where = "/".join(module.scope.path) if module is not None and module.scope is not None else "-"
+    log = _ACTIVATION_LOG.get()
+    if log is not None:
         physical = nn.logical_to_mesh_axes(tuple(names))
-        _ACTIVATION_LOG.append(f"activation {where:50s} {str(tuple(x.shape)):22s} logical={tuple(names)} "
-                               f"physical={tuple(physical)}")
+        log.append(f"activation {_current_module_path():50s} {str(tuple(x.shape)):22s} logical={tuple(names)} "
+                   f"physical={tuple(physical)}")
     return nn.with_logical_constraint(x, PartitionSpec(*names))
 
 

@@ -20,6 +20,27 @@ import numpy as np
 
 Rules = tuple[tuple[str, Any], ...]
 
+# Default logical -> mesh rules: batch over data+fsdp, weights FSDP-sharded on their embed dimension,
+# heads and MLP hidden over tensor, video tokens over context. A name with no rule is replicated.
+DEFAULT_LOGICAL_RULES: Rules = (
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_batch_length", ("data", "fsdp", "context")),   # batch x tokens, folded (temporal attention)
+    ("activation_length", "context"),
+    ("activation_frames", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_text_length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("layers", None),
+    ("norm", None),
+)
+
+
 _BATCH = ("activation_batch", ("data", "fsdp"))
 # Temporal attention folds the spatial tokens into the batch ([batch * tokens, frames, ...]). Without context
 # parallelism that dimension is sharded like the batch (below); fsdp_context (and default) add ``context``, the
@@ -47,7 +68,6 @@ PRESETS: dict[str, Rules] = {
 def preset_rules(name: str) -> Rules:
     """The rules of preset ``name`` (``config.mesh.rules``)."""
     if name == "default":
-        from stiv_jax.parallel.mesh import DEFAULT_LOGICAL_RULES
         return DEFAULT_LOGICAL_RULES
     if name not in PRESETS:
         raise ValueError(f"config.mesh.rules={name!r}; valid presets: default, {', '.join(sorted(PRESETS))}")

@@ -14,8 +14,7 @@ import numpy as np
 from stiv_jax.diffusion import flow, samplers, tasks
 from stiv_jax.diffusion.guidance import Guidance, guided_velocity
 from stiv_jax.parallel import mesh as mesh_lib
-from stiv_jax.training.model_bundle import ModelBundle
-from stiv_jax.training.step import model_velocity
+from stiv_jax.model.bundle import ModelBundle, default_micro_conditions  # noqa: F401 (re-used)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,15 +33,6 @@ class SolverSettings:
                    noise_scale=sample_config.sde_noise_scale)
 
 
-def default_micro_conditions(config, batch: int, *, frame_stride: float | None = None) -> np.ndarray:
-    """``[batch, 6]`` float32 micro-conditions of an uncropped training-size clip: orig h, orig w, crop top,
-    crop left, frame stride (default ``config.data.frame_stride``), frame count."""
-    res = float(config.data.resolution)
-    stride = float(config.data.frame_stride if frame_stride is None else frame_stride)
-    row = np.array([res, res, 0.0, 0.0, stride, float(config.data.frames)], np.float32)
-    return np.tile(row, (batch, 1))
-
-
 class Generator:
     """Samples latent videos ``[batch, frames, height, width, channels]`` from a model bundle and parameters."""
 
@@ -51,8 +41,8 @@ class Generator:
 
         def velocity(params, x, t, clean, frame_mask, noise, cond_context, null_context):
             def model_fn(latents, timesteps, context):
-                return model_velocity(bundle, params, latents, timesteps, context["ids"], context["mask"],
-                                      context["micro"])
+                return bundle.velocity(params, latents, timesteps, context["ids"], context["mask"],
+                                       micro_conditions=context["micro"])
             return guided_velocity(model_fn, guidance, latents=x, timesteps=t, clean=clean, frame_mask=frame_mask,
                                    noise=noise, cond_context=cond_context, null_context=null_context)
 

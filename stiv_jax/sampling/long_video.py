@@ -1,4 +1,4 @@
-"""Hierarchical long video (STIV_SPEC 7): key frames at a large stride, then interpolation of every interval.
+"""Hierarchical long video (STIV paper: long video): key frames at a large stride, then interpolation of every interval.
 
 Pass 1 samples ``N`` key frames (T2V, or TI2V from an image) with the frame-stride micro-condition set to the
 key-frame stride. Pass 2 samples the ``N - 1`` intervals in one batch, each with its two bounding key frames

@@ -14,32 +14,24 @@ from tqdm import tqdm
 
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.data import video_io
-from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.sampling import prompts as prompts_lib
 from stiv_jax.sampling.generate import Generator, default_micro_conditions
 from stiv_jax.sampling.long_video import generate_long
-from stiv_jax.training import state as state_lib
-from stiv_jax.training.model_bundle import build_model_bundle
-from stiv_jax.training.optimizer import build_optimizer
+from stiv_jax.model.bundle import build_model_bundle
 
 
 def load_params(workdir: str, *, use_ema: bool = True):
-    """``(config, bundle, params)`` of the latest checkpoint in ``workdir`` (or of an export), on one device."""
+    """``(config, bundle, params)`` of the latest checkpoint in ``workdir`` (or of an export), on one device.
+
+    Only the parameters are read (EMA or raw): the optimizer state, the largest part of a checkpoint, is not.
+    """
     from stiv_jax import export  # an exported directory (safetensors + config.json) needs no orbax
     if export.is_export(workdir):
         config, params = export.load_exported(workdir)
         return config, build_model_bundle(config), params
     config = ml_collections.ConfigDict(ckpt.restore_config(workdir))
-    bundle = build_model_bundle(config)
-    tx = build_optimizer(config.optim)
-    mesh = mesh_lib.build_mesh(ml_collections.ConfigDict({"ici": {"data": 1}}), jax.devices()[:1])
-    rules = mesh_lib.logical_rules(config.mesh)
-    abstract, shardings = state_lib.state_shardings(lambda: bundle.init_boxed_params(jax.random.key(0)), tx,
-                                                    mesh, rules)
-    manager = ckpt.make_manager(workdir, async_save=False)
-    state = ckpt.restore(manager, abstract_state=abstract, shardings=shardings)
-    manager.close()
-    return config, bundle, state.ema_params if use_ema else state.params
+    params = ckpt.load_params_from_checkpoint(workdir, use_ema=use_ema)
+    return config, build_model_bundle(config), jax.device_put(params, jax.devices()[0])
 
 
 def sample_task(gen: Generator, config, task: str, prompt_batch: list[str], *, seed: int | list[int],

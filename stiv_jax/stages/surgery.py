@@ -10,7 +10,7 @@ from shapes only (no weights are read), so a mismatch is refused before anything
 - Reshapes (only with ``inflate_patch_embed``): temporal patch 1 -> k. The patch-embed kernel is copied k times
   along its temporal (outermost input) axis and divided by k, so a static video embeds as the image did; the output
   projection is copied k times along its temporal (outermost output) axis, so each frame of a token gets the
-  image model's prediction (STIV_SPEC §2.2).
+  image model's prediction (STIV paper: patch-embedding inflation).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Starts a stage from the checkpoints of earlier stages (``config.init``), per ``STIV_SPEC`` §5.2.
+"""Starts a stage from the checkpoints of earlier stages (``config.init``), as the STIV paper's progressive recipe (T2I -> T2V -> TI2V) does.
 
 The trainer calls, on a fresh start (no checkpoint in the workdir yet):
 
@@ -9,7 +9,7 @@ The trainer calls, on a fresh start (no checkpoint in the workdir yet):
 parameters a plan needs are read from each checkpoint (orbax partial restore, straight onto the target shardings).
 The plan is printed as a report and a mismatch is refused before any weight is read. The RoPE interpolation
 scales in ``config.model`` must equal what the source grids imply (positions are scaled so that their range
-matches the source's, spec §2.6); a wrong or missing scale is an error naming the key and the value expected.
+matches the source's, as RoPE interpolation requires); a wrong or missing scale is an error naming the key and the value expected.
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def check_rope_scales(config, sources: dict[str, SourceCheckpoint], plan: surger
     """Checks ``config.model`` RoPE scales against the grids of the sources that supply each attention.
 
     The expected scale is ``source_scale * source_tokens / target_tokens``: positions keep the range the source
-    was trained on (interpolation, spec §2.6). Temporal attention that is new, or comes from an image model (one
+    was trained on (RoPE interpolation). Temporal attention that is new, or comes from an image model (one
     temporal token, nothing to interpolate), sets no requirement. Returns report lines; raises on a mismatch.
     """
     lines, problems = [], []

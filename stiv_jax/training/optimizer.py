@@ -1,6 +1,6 @@
 """Optimizer and learning-rate schedule from ``config.optim``.
 
-``name = 'adafactor'`` is the paper's optimizer (STIV_SPEC 5.1, AXLearn ``adafactor_optimizer``): factored second
+``name = 'adafactor'`` is the paper's optimizer (STIV paper's training recipe, as AXLearn's ``adafactor_optimizer``): factored second
 moments with a constant decay ``b2``, first-moment EMA ``b1`` (no bias correction), absolute step size, optional
 update clipping by block RMS, no weight decay. ``name = 'adamw'`` is the usual AdamW. Both follow a global-norm
 gradient clip (``grad_clip``, 1.0 in the paper).

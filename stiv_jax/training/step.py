@@ -9,7 +9,7 @@ import optax  # noqa: F401  (type of ``tx``)
 from stiv_jax.diffusion import flow, tasks
 from stiv_jax.model import maskdit
 from stiv_jax.training import update as update_lib
-from stiv_jax.training.model_bundle import ModelBundle
+from stiv_jax.model.bundle import ModelBundle
 from stiv_jax.training.optimizer import learning_rate_schedule
 from stiv_jax.training.state import TrainState
 
@@ -17,13 +17,6 @@ from stiv_jax.training.state import TrainState
 def pixels_to_unit(video_uint8: jax.Array) -> jax.Array:
     """uint8 ``[..., 3]`` in [0, 255] -> float32 in [-1, 1] (done on device; batches ship as uint8)."""
     return video_uint8.astype(jnp.float32) / 127.5 - 1.0
-
-
-def model_velocity(bundle: ModelBundle, params, latents, timesteps, ids, mask, micro_conditions=None,
-                   mask_rng=None, *, text=None, frozen=None):
-    """``bundle.velocity`` with micro-conditions ``[batch, 6]`` (None: the bundle's defaults) and MaskDiT key."""
-    return bundle.velocity(params, latents, timesteps, ids, mask, text=text, frozen=frozen,
-                           micro_conditions=micro_conditions, mask_rng=mask_rng)
 
 
 def _drop_text(bundle: ModelBundle, batch: dict, drop: jax.Array):
@@ -51,7 +44,7 @@ def _drop_text(bundle: ModelBundle, batch: dict, drop: jax.Array):
 
 def make_loss_fn(config, bundle: ModelBundle):
     """``loss_fn(params, batch, rng, frozen=None) -> loss``: flow matching with per-sample tasks (frame
-    replacement), text dropout and image dropout (STIV_SPEC 2.9, 4.1, 4.2, 7).
+    replacement), text dropout and image dropout (STIV paper: objective, frame replacement, condition dropout).
 
     ``batch`` holds uint8 ``video`` or precomputed ``latents`` ``[batch, frames, height, width, channels]``, and
     ``text_ids``/``text_mask`` or precomputed ``text_embeddings``/``text_mask``/``pooled_text``. ``frozen``: the
@@ -88,8 +81,8 @@ def make_loss_fn(config, bundle: ModelBundle):
                                      ratio=mask_ratio)
             keep = jnp.repeat(jnp.repeat(keep, patch, axis=1), patch, axis=2)
             loss_mask = loss_mask[:, :, None, None] * keep[:, None].astype(jnp.float32)
-        velocity = model_velocity(bundle, params, x_in, t, ids, mask, micro,
-                                  mask_rng=rng_mask if mask_ratio > 0 else None, text=text, frozen=frozen)
+        velocity = bundle.velocity(params, x_in, t, ids, mask, micro_conditions=micro,
+                                   mask_rng=rng_mask if mask_ratio > 0 else None, text=text, frozen=frozen)
         return flow.flow_matching_loss(velocity, x1, noise, loss_mask)
 
     return loss_fn

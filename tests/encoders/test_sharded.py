@@ -9,11 +9,12 @@ from diffusers import AutoencoderKL
 
 from stiv_jax.encoders import clip_text, vae_space
 from stiv_jax.parallel import mesh as mesh_lib
+from stiv_jax.parallel import rules as rules_lib
 
 
 def _mesh():
     config = ml_collections.ConfigDict(dict(ici=dict(data=2, fsdp=2, context=1, tensor=2)))
-    return mesh_lib.build_mesh(config), mesh_lib.DEFAULT_LOGICAL_RULES
+    return mesh_lib.build_mesh(config), rules_lib.DEFAULT_LOGICAL_RULES
 
 
 def test_clip_text_sharded_by_logical_names_matches_unsharded(tmp_path):

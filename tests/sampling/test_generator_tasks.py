@@ -9,7 +9,6 @@ from stiv_jax.diffusion import flow, tasks
 from stiv_jax.diffusion.guidance import Guidance
 from stiv_jax.sampling import long_video
 from stiv_jax.sampling.generate import Generator, SolverSettings, default_micro_conditions
-from stiv_jax.training.step import model_velocity
 
 
 @pytest.fixture(scope="module")
@@ -37,10 +36,10 @@ def test_jit_cfg_scale_one_equals_the_conditional_prediction(tiny):
     t = jnp.array([0.25, 0.6])
     cond, null = gen.contexts(["a man in a car", "a red van"], default_micro_conditions(config, 2))
     guided = gen._velocity(params, x, t, clean, mask, noise, cond, null)
-    expected = model_velocity(bundle, params, flow.replace_frames(x, clean, mask), t, cond["ids"], cond["mask"],
-                              cond["micro"])
+    expected = bundle.velocity(params, flow.replace_frames(x, clean, mask), t, cond["ids"], cond["mask"],
+                               micro_conditions=cond["micro"])
     np.testing.assert_allclose(np.asarray(guided), np.asarray(expected), atol=1e-5)
-    uncond = model_velocity(bundle, params, x, t, cond["ids"] * 0, cond["mask"], cond["micro"])
+    uncond = bundle.velocity(params, x, t, cond["ids"] * 0, cond["mask"], micro_conditions=cond["micro"])
     assert float(jnp.abs(uncond - expected).max()) > 1e-3   # the prompt matters, so the check can fail
 
 

@@ -12,7 +12,7 @@ from stiv_tiny import init_params, real_clip, tiny_config
 
 from stiv_jax.diffusion.guidance import Guidance
 from stiv_jax.sampling.generate import Generator, SolverSettings, default_micro_conditions
-from stiv_jax.training.model_bundle import build_model_bundle
+from stiv_jax.model.bundle import build_model_bundle
 from stiv_jax.training.step import make_loss_fn
 
 STEPS, BATCH, LR, DEPTH = 800, 8, 3e-3, 2

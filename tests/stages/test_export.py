@@ -13,7 +13,7 @@ from safetensors import safe_open
 from conftest import REPO_ROOT
 from stiv_jax import export as export_lib
 from stiv_jax.stages import surgery
-from stiv_jax.training.model_bundle import build_model_bundle
+from stiv_jax.model.bundle import build_model_bundle
 from test_transitions import local_config, save_stage, velocity
 
 

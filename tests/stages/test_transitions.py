@@ -11,7 +11,7 @@ from stiv_jax.model.sizes import size_fields
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.stages import surgery, transition
 from stiv_jax.training import state as state_lib
-from stiv_jax.training.model_bundle import build_model_bundle
+from stiv_jax.model.bundle import build_model_bundle
 from stiv_jax.training.optimizer import build_optimizer
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 from stiv_jax.training import flops as flops_lib
-from stiv_jax.training.model_bundle import build_model_bundle
+from stiv_jax.model.bundle import build_model_bundle
 from trainer_testlib import tiny_config
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.training import state as state_lib
-from stiv_jax.training.model_bundle import build_model_bundle
+from stiv_jax.model.bundle import build_model_bundle
 from stiv_jax.training.step import make_loss_fn, pixels_to_unit
 from trainer_testlib import synthetic_batch, tiny_config
 

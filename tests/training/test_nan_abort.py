@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from stiv_jax.training import metrics as metrics_lib
-from stiv_jax.training.model_bundle import ModelBundle
+from stiv_jax.model.bundle import ModelBundle
 from trainer_testlib import synthetic_iterator_factory, tiny_config
 
 

@@ -61,7 +61,7 @@ def test_restore_onto_another_mesh_and_device_count(run_config, uninterrupted):
     from stiv_jax.checkpointing import manager as ckpt
     from stiv_jax.parallel import mesh as mesh_lib
     from stiv_jax.training import state as state_lib
-    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.model.bundle import build_model_bundle
     from stiv_jax.training.optimizer import build_optimizer
     ref_dir, ref_state = uninterrupted
     config = config_from_json(run_config)

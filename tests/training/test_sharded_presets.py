@@ -29,7 +29,7 @@ def test_preset_run_on_8_devices_matches_single_device(preset, single_device_run
     assert_trees_close(state.opt_state, ref_state.opt_state, rtol=2e-3, atol=1e-6, what=f"{preset} opt")
     # The debug_sharding dump: every parameter and traced activation constraint with logical + physical specs.
     from stiv_jax.parallel import mesh as mesh_lib, rules as rules_lib
-    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.model.bundle import build_model_bundle
     bundle = build_model_bundle(config)
     boxed = jax.eval_shape(lambda: bundle.init_boxed_params(jax.random.key(0)))
     param_lines = rules_lib.describe_parameter_shardings(boxed, mesh_lib.logical_rules(config.mesh), None)

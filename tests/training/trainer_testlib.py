@@ -61,7 +61,7 @@ def mesh_for(config, devices=None):
 def build_run(config, devices=None):
     """``(state, step_fn, mesh, rules, bundle, tx, shardings, activation_lines)`` for ``config`` on ``devices``."""
     from stiv_jax.training import state as state_lib
-    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.model.bundle import build_model_bundle
     from stiv_jax.training.optimizer import build_optimizer
     from stiv_jax.train import compile_train_step
     from stiv_jax.parallel import mesh as mesh_lib

@@ -120,6 +120,15 @@ class ModelBundle:
         return (out - latents) / gap
 
 
+def default_micro_conditions(config, batch: int, *, frame_stride: float | None = None) -> np.ndarray:
+    """``[batch, 6]`` float32 micro-conditions of an uncropped training-size clip: orig h, orig w, crop top,
+    crop left, frame stride (default ``config.data.frame_stride``), frame count."""
+    res = float(config.data.resolution)
+    stride = float(config.data.frame_stride if frame_stride is None else frame_stride)
+    row = np.array([res, res, 0.0, 0.0, stride, float(config.data.frames)], np.float32)
+    return np.tile(row, (batch, 1))
+
+
 def build_model_bundle(config) -> ModelBundle:
     """All model pieces from ``config`` (``model``, ``text``, ``latent``, ``data``, ``diffusion`` sections)."""
     latent_space = build_latent_space(config.latent)
@@ -129,7 +138,7 @@ def build_model_bundle(config) -> ModelBundle:
     res = config.data.resolution
     factor = config.latent.factor
     latent_shape = (config.data.frames, res // factor, res // factor, latent_space.channels)
-    default_micro = (float(res), float(res), 0.0, 0.0, float(config.data.frame_stride), float(config.data.frames))
+    default_micro = tuple(float(v) for v in default_micro_conditions(config, 1)[0])
     prediction = config.diffusion.get("prediction", "velocity")
     if prediction not in PREDICTIONS:
         raise ValueError(f"config.diffusion.prediction={prediction!r}; valid: {PREDICTIONS}")
