@@ -10,6 +10,12 @@ Config keys (`config.text`):
   max_length  tokens per caption
   dim         width of the text embedding; checked against the loaded checkpoint
   frozen      pretrained encoders: stop gradients into their weights (the paper's CLIP is frozen)
+  hidden_layer  (optional, clip only) which hidden state is the sequence: absent/None = final-norm output,
+              -2 = penultimate layer (SDXL's convention); see `clip_text.CLIPTextTransformer`
+
+`path` may be a checkpoint directory, one of its .safetensors files or a Hugging Face cache repository
+(`.../hub/models--ORG--NAME[/SUBFOLDER]`); see `checkpoint_dir`. A CLIP encoder paired with another tokenizer
+pools at that tokenizer's EOS id (CLIP's own EOS never occurs in its ids).
 """
 from __future__ import annotations
 
@@ -124,6 +130,10 @@ def build_text_encoder(text_config) -> TextEncoder:
     if not path:
         raise ValueError(f"config.text.path is empty: text.kind={kind!r} needs a local checkpoint directory.")
     module, params = _LOADERS[kind](path)
+    if kind == "clip":
+        foreign_eos = getattr(tokenizer, "eos_id", -1) if tokenizer_kind != _OWN_TOKENIZER[kind] else -1
+        module = module.clone(hidden_layer=text_config.get("hidden_layer", None),
+                              pool_token_id=foreign_eos if foreign_eos >= 0 else None)
     vocab = module.config.vocab_size
     if tokenizer.vocab_size > vocab:
         raise ValueError(f"The {tokenizer_kind} tokenizer at {tokenizer_path!r} has {tokenizer.vocab_size} ids but "
