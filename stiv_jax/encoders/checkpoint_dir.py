@@ -16,15 +16,15 @@ import json
 import os
 from typing import Any, Iterable
 
-# Model families the repository has a loader for: model_type -> the `config.text.kind` / `config.latent.kind`
-# setting that loads it (used to say which setting to change when a loader is given the wrong family).
+# Model families the repository has a loader for: model_type -> (the path setting that takes it, the kind setting
+# that loads it), used to say which setting to change when a loader is given the wrong family.
 _LOADER_SETTING = {
-    "t5": "config.text.kind='t5'",
-    "mt5": "config.text.kind='t5'",
-    "clip": "config.text.kind='clip'",
-    "clip_text_model": "config.text.kind='clip'",
-    "bert": "config.text.kind='bert'",
-    "AutoencoderKL": "config.latent.kind='vae' (config.latent.path)",
+    "t5": ("config.text.path", "config.text.kind='t5'"),
+    "mt5": ("config.text.path", "config.text.kind='t5'"),
+    "clip": ("config.text.path", "config.text.kind='clip'"),
+    "clip_text_model": ("config.text.path", "config.text.kind='clip'"),
+    "bert": ("config.text.path", "config.text.kind='bert'"),
+    "AutoencoderKL": ("config.latent.path", "config.latent.kind='vae'"),
 }
 # `architectures` class-name prefixes -> model_type, for configs that omit `model_type`.
 _ARCHITECTURE_PREFIXES = (("MT5", "mt5"), ("UMT5", "umt5"), ("T5", "t5"), ("CLIPText", "clip_text_model"),
@@ -116,8 +116,12 @@ def read_config(directory: str, *, loader: str, accepted: Iterable[str], config_
     if found is not None and found not in accepted:
         field = "_class_name" if raw.get("_class_name") and not raw.get("model_type") else (
             "model_type" if raw.get("model_type") else "architectures")
-        setting = _LOADER_SETTING.get(found)
-        fix = f"set {setting}" if setting else f"point {config_setting} at a {loader} checkpoint"
+        path_setting, kind_setting = _LOADER_SETTING.get(found, (None, None))
+        fix = f"point {config_setting} at a {loader} checkpoint"
+        if path_setting == config_setting:
+            fix = f"set {kind_setting} to load it, or {fix}"
+        elif path_setting:
+            fix = f"it belongs in {path_setting} ({kind_setting}); {fix}"
         raise ValueError(f"{file}: this is a {found} checkpoint ({field}={raw.get(field)!r}), not a {loader} one "
                          f"(the {loader} loader reads model_type in {list(accepted)}); {fix}, or fix {field} if "
                          "the file is mislabelled.")

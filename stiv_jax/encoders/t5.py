@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -221,8 +222,9 @@ def load_t5_encoder(path: str, *, dtype=jnp.float32) -> tuple[T5Encoder, dict]:
     config = T5Config.from_dict(raw, source=source)
     files = safetensors_loader.safetensors_files(file or directory, default_name="model.safetensors")
     keys = safetensors_loader.checkpoint_keys(files)
-    gated_file = any(".DenseReluDense.wi_0." in k for k in keys)
-    if any(".DenseReluDense.wi" in k for k in keys) and gated_file != config.is_gated:
+    gated_file = any(re.search(r"\.DenseReluDense\.wi_[01]\.", k) for k in keys)
+    single_file = any(".DenseReluDense.wi.weight" in k for k in keys)
+    if gated_file != single_file and gated_file != config.is_gated:
         raise ValueError(
             f"{source}: feed_forward_proj={config.feed_forward_proj!r}"
             f"{' (the transformers default: the field is absent)' if 'feed_forward_proj' not in raw else ''} builds a "
