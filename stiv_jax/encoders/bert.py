@@ -48,7 +48,7 @@ class BertConfig:
             raise ValueError(f"{source}: position_embedding_type={raw['position_embedding_type']!r} is not "
                              "supported (only 'absolute').")
         try:
-            return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if raw.get(f.name) is not None})
+            return cls(**checkpoint_dir.config_kwargs(cls, raw, source=source))
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from e
 
@@ -180,5 +180,5 @@ def load_bert(path: str, *, dtype=jnp.float32) -> tuple[BertEncoder, dict]:
                               jnp.ones((1, 2), bool))["params"]
     params = safetensors_loader.load_params(
         file or directory, abstract, key_prefix="bert.",
-        ignore_unexpected=[r"^pooler\.", r"^embeddings\.position_ids$", r"^cls\."])
+        ignore_unexpected=[r"^pooler\.", r"^embeddings\.position_ids$", r"^cls\.", r"^classifier\.", r"^qa_outputs\."])
     return model, params

@@ -12,6 +12,7 @@ A checkpoint `path` may be
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Iterable
@@ -104,6 +105,7 @@ def read_config(directory: str, *, loader: str, accepted: Iterable[str], config_
       The parsed JSON object.
     """
     file = os.path.join(directory, "config.json")
+    require_not_dangling(file)
     if not os.path.isfile(file):
         hint = ""
         if os.path.isfile(os.path.join(directory, "model_index.json")):
@@ -142,3 +144,38 @@ def require_divisible(file: str, *, numerator: tuple[str, int], denominator: tup
     if den <= 0 or num % den:
         raise ValueError(f"{file}: {num_name}={num} is not divisible by {den_name}={den}; fix one of these fields.")
 
+
+
+def require_not_dangling(path: str) -> None:
+    """Raises naming the blob when `path` is a symlink whose target is gone (an interrupted hub download)."""
+    if os.path.islink(path) and not os.path.exists(path):
+        raise FileNotFoundError(f"{path} is a symlink to {os.path.realpath(path)}, which does not exist (an "
+                                "interrupted or pruned Hugging Face download); download the repository again.")
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def config_kwargs(cls, raw: dict[str, Any], *, source: str, defaults: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """The fields of dataclass `cls` a config object sets (null and absent fields keep the default), type-checked.
+
+    Lists become tuples. `defaults` overrides `cls`'s defaults (e.g. MT5Config's where they differ from T5's).
+    """
+    kwargs = dict(defaults or {})
+    for field in dataclasses.fields(cls):
+        value = raw.get(field.name)
+        if value is None:
+            continue
+        kind = str(field.type).replace(" | None", "")
+        if kind.startswith("tuple["):
+            element = _TYPES[kind[len("tuple["):].split(",")[0].strip(" ]")]
+            ok = isinstance(value, (list, tuple)) and all(isinstance(v, element) and not isinstance(v, bool) or
+                                                          element == (bool,) for v in value)
+            value = tuple(value) if ok else value
+        else:
+            ok = isinstance(value, _TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
+        if not ok:
+            raise ValueError(f"{source}: {field.name}={value!r} should be {kind}; fix the field.")
+        kwargs[field.name] = value
+    return kwargs

@@ -74,9 +74,9 @@ class CLIPTextConfig:
             projection = None
         else:
             projection = text.get("projection_dim") or _CLIP_PROJECTION_DIM
-        kwargs = {f.name: text[f.name] for f in dataclasses.fields(cls) if text.get(f.name) is not None}
-        kwargs["projection_dim"] = projection
         try:
+            kwargs = checkpoint_dir.config_kwargs(cls, text, source=source)
+            kwargs["projection_dim"] = projection
             return cls(**kwargs)
         except ValueError as e:
             raise ValueError(f"{source}{' (text_config)' if full else ''}: {e}") from e

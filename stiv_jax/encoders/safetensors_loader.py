@@ -21,6 +21,8 @@ import numpy as np
 from flax import traverse_util
 from safetensors import SafetensorError, safe_open
 
+from stiv_jax.encoders import checkpoint_dir
+
 Path = tuple[str, ...]
 
 
@@ -64,6 +66,9 @@ def safetensors_files(path: str, *, default_name: str) -> list[str]:
         return [path]
     if not os.path.isdir(path):
         raise FileNotFoundError(f"No checkpoint at {path!r}: give a .safetensors file or a directory holding one.")
+    for name in os.listdir(path):
+        if name.endswith((".safetensors", ".json")):
+            checkpoint_dir.require_not_dangling(os.path.join(path, name))
     single = os.path.join(path, default_name)
     if os.path.isfile(single):
         return [single]
@@ -77,7 +82,8 @@ def safetensors_files(path: str, *, default_name: str) -> list[str]:
     bins = sorted(n for n in os.listdir(path) if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
     hint = (f" It holds PyTorch pickles {bins}, which are not read: download the safetensors files or re-save "
             "with save_pretrained(safe_serialization=True).") if bins and not singles and not indexes else \
-        " Give the .safetensors file (or its index) to use as the path."
+        " Give the .safetensors file (or its index) to use as the path." if singles or indexes else \
+        " It holds no .safetensors weights."
     raise FileNotFoundError(f"Directory {path!r} holds neither {default_name!r} nor {default_name}.index.json "
                             f"(indexes {indexes}, files {singles}).{hint}")
 

@@ -51,8 +51,8 @@ class T5Config:
     @classmethod
     def from_dict(cls, raw: dict, *, source: str = "config.json") -> "T5Config":
         """Reads a transformers `config.json` object (omitted fields take transformers' defaults)."""
-        kwargs = dict(_MT5_DEFAULTS) if raw.get("model_type") == "mt5" else {}
-        kwargs.update({f.name: raw[f.name] for f in dataclasses.fields(cls) if raw.get(f.name) is not None})
+        kwargs = checkpoint_dir.config_kwargs(cls, raw, source=source,
+                                              defaults=_MT5_DEFAULTS if raw.get("model_type") == "mt5" else None)
         try:
             return cls(**kwargs)
         except ValueError as e:

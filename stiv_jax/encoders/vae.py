@@ -73,10 +73,7 @@ class AutoencoderKLConfig:
             if any(block != allowed for block in blocks):
                 raise ValueError(f"{source}: {field}={blocks} has blocks other than {allowed!r} "
                                  "(not an AutoencoderKL 2D VAE).")
-        kwargs = {f.name: raw[f.name] for f in dataclasses.fields(cls) if raw.get(f.name) is not None}
-        for name in ("block_out_channels", "latents_mean", "latents_std"):
-            if name in kwargs:
-                kwargs[name] = tuple(kwargs[name])
+        kwargs = checkpoint_dir.config_kwargs(cls, raw, source=source)
         channels = kwargs.get("block_out_channels", cls.block_out_channels)
         if not len(down) == len(up) == len(channels):
             raise ValueError(f"{source}: {len(down)} down_block_types, {len(up)} up_block_types and "

@@ -215,3 +215,29 @@ def test_hub_cache_without_refs_and_several_snapshots_asks_for_one(tmp_path):
     model, _ = t5.load_t5_encoder(os.path.join(repo, "snapshots", "bbb"))
     assert model.config.d_model == 8
     _raises(lambda: checkpoint_dir.resolve(str(tmp_path / "nowhere")), "No checkpoint at", error=FileNotFoundError)
+
+
+def test_dangling_hub_symlink_names_the_missing_blob(tmp_path):
+    _t5(tmp_path / "src")
+    repo = as_hub_cache(tmp_path / "src", tmp_path / "hub")
+    link = os.path.join(repo, "snapshots", "0123456789abcdef", "model.safetensors")
+    os.remove(os.path.realpath(link))
+    _raises(lambda: t5.load_t5_encoder(repo), link, "blobs", "interrupted", error=FileNotFoundError)
+
+
+def test_wrongly_typed_config_value_names_the_field(tmp_path):
+    _t5(tmp_path)
+    edit_config(tmp_path, num_heads="2")
+    _raises(lambda: t5.load_t5_encoder(str(tmp_path)), str(tmp_path / "config.json"), "num_heads='2' should be int")
+    _vae(tmp_path / "vae")
+    edit_config(tmp_path / "vae", block_out_channels=[4, "4"])
+    _raises(lambda: vae.load_autoencoder_kl(str(tmp_path / "vae")), "block_out_channels=[4, '4']")
+
+
+def test_task_heads_of_bert_are_skipped_as_transformers_skips_them(tmp_path):
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=12, max_position_embeddings=8)
+    transformers.BertForSequenceClassification(cfg).save_pretrained(tmp_path)
+    model, params = bert.load_bert(str(tmp_path))
+    assert "classifier" not in params and model.config.hidden_size == 8
