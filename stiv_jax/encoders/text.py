@@ -120,7 +120,9 @@ def build_text_encoder(text_config) -> TextEncoder:
     tokenizer_config = text_config.get("tokenizer", None) or {}
     path = resolve_path(text_config.get("path", "") or "")
     tokenizer_kind = tokenizer_config.get("kind", "") or _OWN_TOKENIZER[kind]
-    tokenizer_path = resolve_path(tokenizer_config.get("path", "") or "") or path
+    # The tokenizer files sit beside the weights: a checkpoint given as its .safetensors file means its directory.
+    tokenizer_path = resolve_path(tokenizer_config.get("path", "") or "") or (
+        os.path.dirname(path) if path.endswith(".safetensors") else path)
     tokenizer = text_tokenizers.build_tokenizer(tokenizer_kind, tokenizer_path)
     max_length = int(text_config.max_length)
 

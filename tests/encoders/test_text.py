@@ -171,3 +171,11 @@ def test_clip_from_a_hub_cache_with_a_foreign_tokenizer_and_the_penultimate_laye
     assert (ids[np.arange(2), eos_position] == 1).all()
     np.testing.assert_allclose(np.asarray(out.pooled), want.last_hidden_state.numpy()[np.arange(2), eos_position],
                                atol=1e-4, rtol=0)
+
+
+def test_pretrained_encoder_given_as_its_safetensors_file(minilm):
+    encoder = text.build_text_encoder(_config(kind="bert", path=MINILM + "/model.safetensors", dim=384))
+    ids, mask = encoder.tokenize(SENTENCES[:2])  # the tokenizer is found beside the file
+    np.testing.assert_array_equal(ids, minilm.tokenize(SENTENCES[:2])[0])
+    np.testing.assert_allclose(np.asarray(encoder.encode(encoder.pretrained_params, ids, mask).pooled),
+                               np.asarray(minilm.encode(minilm.pretrained_params, ids, mask).pooled), atol=0)
