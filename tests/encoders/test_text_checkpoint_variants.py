@@ -64,6 +64,20 @@ def test_t5_v1_1_sharded_half_precision_file_loads_as_transformers_reads_it(tmp_
     assert ours.is_gated and ours.activation_name == "gelu_new"
 
 
+def test_t5_sharded_fp16_variant_index(tmp_path):
+    torch.manual_seed(0)
+    cfg = _t5_config(feed_forward_proj="gated-gelu", architectures=["T5WithLMHeadModel"])  # the original t5-small
+    transformers.T5EncoderModel(cfg).half().save_pretrained(tmp_path, variant="fp16", max_shard_size="4KB")
+    assert os.path.isfile(tmp_path / "model.safetensors.index.fp16.json")
+    ref = transformers.T5EncoderModel.from_pretrained(tmp_path, variant="fp16", dtype=torch.float32).eval()
+    ids, mask = _padded_ids(1, 9, 64, lengths=[9])
+    with torch.no_grad():
+        want = ref(input_ids=_t(ids), attention_mask=_t(mask)).last_hidden_state.numpy()
+    model, params = t5.load_t5_encoder(str(tmp_path))
+    np.testing.assert_allclose(np.asarray(model.apply({"params": params}, ids.astype(np.int32), mask).sequence),
+                               want, atol=ATOL, rtol=0)
+
+
 def test_mt5_config_takes_mt5_defaults(tmp_path):
     torch.manual_seed(0)
     cfg = transformers.MT5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=24, num_layers=2, num_heads=2,
