@@ -130,6 +130,9 @@ def build_text_encoder(text_config) -> TextEncoder:
         module = text_embedding.TokenEmbeddingEncoder(dim=text_config.dim)
         return TextEncoder(kind, module, tokenizer, max_length, int(text_config.dim), frozen=False)
 
+    if text_config.get("hidden_layer", None) is not None and kind != "clip":
+        raise ValueError(f"config.text.hidden_layer={text_config.hidden_layer} applies to text.kind='clip' only "
+                         f"(text.kind={kind!r}); remove it.")
     if not path:
         raise ValueError(f"config.text.path is empty: text.kind={kind!r} needs a local checkpoint directory.")
     module, params = _LOADERS[kind](path)

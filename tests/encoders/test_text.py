@@ -145,6 +145,8 @@ def test_wrong_dim_and_kind_errors_name_the_config_key(tmp_path):
         text.build_text_encoder(_config(kind="gpt"))
     with pytest.raises(ValueError, match=r"set config.text.dim=384"):
         text.build_text_encoder(_config(kind="bert", path=MINILM, dim=128))
+    with pytest.raises(ValueError, match=r"config.text.hidden_layer=-2 applies to text.kind='clip' only"):
+        text.build_text_encoder(_config(kind="bert", path=MINILM, dim=384, hidden_layer=-2))
 
 
 def test_clip_from_a_hub_cache_with_a_foreign_tokenizer_and_the_penultimate_layer(tmp_path):
