@@ -127,15 +127,19 @@ def read_config(directory: str, *, loader: str, accepted: Iterable[str], config_
         field = "_class_name" if raw.get("_class_name") and not raw.get("model_type") else (
             "model_type" if raw.get("model_type") else "architectures")
         path_setting, kind_setting = _LOADER_SETTING.get(found, (None, None))
-        fix = f"point {config_setting} at a {loader} checkpoint"
+        fix = f"point {config_setting} at {_a(loader)} checkpoint"
         if path_setting == config_setting:
             fix = f"set {kind_setting} to load it, or {fix}"
         elif path_setting:
             fix = f"it belongs in {path_setting} ({kind_setting}); {fix}"
-        raise ValueError(f"{file}: this is a {found} checkpoint ({field}={raw.get(field)!r}), not a {loader} one "
+        raise ValueError(f"{file}: this is {_a(found)} checkpoint ({field}={raw.get(field)!r}), not {_a(loader)} one "
                          f"(the {loader} loader reads model_type in {list(accepted)}); {fix}, or fix {field} if "
                          "the file is mislabelled.")
     return raw
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeio' else 'a'} {name}"  # 'a umt5', 'an AutoencoderKL'
 
 
 def require_divisible(file: str, *, numerator: tuple[str, int], denominator: tuple[str, int]) -> None:

@@ -118,9 +118,9 @@ def test_norm_groups_not_dividing_channels_name_the_fields(tmp_path):
     ("bert", t5.load_t5_encoder, ["this is a bert checkpoint", "model_type='bert'", "config.text.kind='bert'"]),
     ("t5", clip_text.load_clip_text, ["this is a t5 checkpoint", "config.text.kind='t5'"]),
     ("clip", bert.load_bert, ["this is a clip_text_model checkpoint", "config.text.kind='clip'"]),
-    ("vae", t5.load_t5_encoder, ["this is a AutoencoderKL checkpoint", "_class_name='AutoencoderKL'",
+    ("vae", t5.load_t5_encoder, ["this is an AutoencoderKL checkpoint", "_class_name='AutoencoderKL'",
                                  "config.latent.kind='vae'"]),
-    ("t5", vae.load_autoencoder_kl, ["this is a t5 checkpoint", "not a AutoencoderKL one"]),
+    ("t5", vae.load_autoencoder_kl, ["this is a t5 checkpoint", "not an AutoencoderKL one"]),
 ])
 def test_another_family_is_named_from_its_config(tmp_path, family, loader, expected):
     {"bert": _bert, "t5": _t5, "clip": _clip, "vae": _vae}[family](tmp_path)
