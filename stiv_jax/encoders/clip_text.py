@@ -245,5 +245,5 @@ def load_clip_text(path: str, *, dtype=jnp.float32, hidden_layer: int | None = N
         ignore.append(r"^text_projection\.")  # a CLIPTextModel config over a file with one: transformers skips it
     params = safetensors_loader.convert_state_dict(
         safetensors_loader.read_state_dict(files), abstract, source=file or directory, key_prefix="text_model.",
-        ignore_unexpected=ignore)
+        ignore_unexpected=ignore, unprefixed_modules=("text_projection",))
     return model, params

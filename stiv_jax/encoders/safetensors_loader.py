@@ -225,11 +225,13 @@ def convert_state_dict(
     aliases: Mapping[str, str] | None = None,
     ignore_unexpected: Iterable[str] = (),
     literal_names: Iterable[str] = (),
+    unprefixed_modules: Iterable[str] = (),
     dtype=np.float32,
 ) -> dict:
     """`load_params` on an in-memory flat reference state dict (`source` names it in errors).
 
-    Errors spell every key as the file does (prefix included); missing keys as the reference writes them.
+    Errors spell every key as the file does; missing keys as the reference writes them, with `key_prefix` when the
+    file uses it, except for the top-level `unprefixed_modules` (CLIP's `text_projection` sits beside `text_model.`).
     Arrays may be zero-stride views (e.g. `np.broadcast_to`): with `dtype=None` they are checked and mapped
     without being copied, which checks the layout of a huge model without its memory.
     """
@@ -260,13 +262,11 @@ def convert_state_dict(
                                   f"({'/'.join(target)})")
             continue
         loaded[target] = array if dtype is None else np.ascontiguousarray(array).astype(dtype)
-    top_level = {p[0] for p in shapes if len(p) > 1} - {reference_to_path(k)[0][0] for k in state if
-                                                        spelling[k] == k and k.count(".")}
     missing = []
     for p in sorted(shapes):
         if p not in loaded and p not in mismatched:
             name = path_to_reference(p, literal_names)
-            name = key_prefix + name if prefixed and p[0] in top_level else name
+            name = key_prefix + name if prefixed and p[0] not in unprefixed_modules else name
             missing.append(f"{name} ({'/'.join(p)}) {shapes[p]}")
     if missing or unexpected or mismatched:
         lines = [f"Checkpoint {source!r} does not match the model built from the config "

@@ -78,6 +78,21 @@ def test_prefixed_file_keys_are_reported_with_their_prefix(tmp_path):
             error=safetensors_loader.CheckpointMismatchError)
 
 
+def test_missing_projection_is_spelt_beside_the_prefix(tmp_path):
+    torch.manual_seed(0)
+    transformers.CLIPTextModelWithProjection(transformers.CLIPTextConfig(
+        vocab_size=30, hidden_size=8, intermediate_size=12, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=8, eos_token_id=29, projection_dim=6)).save_pretrained(tmp_path)
+    file = tmp_path / "model.safetensors"
+    state = safetensors.numpy.load_file(file)
+    assert "text_model.final_layer_norm.weight" in state  # WithProjection files prefix the tower, not the projection
+    del state["text_projection.weight"]
+    safetensors.numpy.save_file(state, file)
+    message = _raises(lambda: clip_text.load_clip_text(str(tmp_path)), "missing (1): text_projection.weight",
+                      error=safetensors_loader.CheckpointMismatchError)
+    assert "text_model.text_projection" not in message
+
+
 def test_gated_file_under_a_v1_0_config_names_feed_forward_proj(tmp_path):
     _t5(tmp_path, feed_forward_proj="gated-gelu")
     edit_config(tmp_path, drop=("feed_forward_proj",))
