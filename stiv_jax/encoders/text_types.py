@@ -1,4 +1,4 @@
-"""The output every text encoder returns, and the shared pooling helpers."""
+"""The output every text encoder returns, and the shared mean pooling."""
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -27,8 +27,3 @@ def masked_mean(sequence: jax.Array, mask: jax.Array) -> jax.Array:
     total = jnp.sum(sequence * weights, axis=1)
     return total / jnp.clip(jnp.sum(weights, axis=1), 1e-9, None)
 
-
-def last_token(sequence: jax.Array, mask: jax.Array) -> jax.Array:
-    """Embedding of the last real token of each row (padding on the right): `[b, t, d]`, `[b, t]` -> `[b, d]`."""
-    index = jnp.maximum(jnp.sum(mask.astype(jnp.int32), axis=1) - 1, 0)
-    return jnp.take_along_axis(sequence, index[:, None, None], axis=1)[:, 0]

@@ -18,42 +18,105 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from stiv_jax.encoders import layers, safetensors_loader
+from stiv_jax.encoders import checkpoint_dir, layers, safetensors_loader
 
 _EPS = 1e-6  # diffusers' resnet_eps for the VAE's encoder, decoder and mid-block attention
 
 
 @dataclasses.dataclass(frozen=True)
 class AutoencoderKLConfig:
-    """Architecture and latent normalisation of an AutoencoderKL (diffusers `config.json` field names)."""
+    """An AutoencoderKL: diffusers `config.json` field names AND `AutoencoderKL.__init__` defaults.
 
-    in_channels: int = 3
-    out_channels: int = 3
-    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
-    layers_per_block: int = 2
-    latent_channels: int = 4
-    norm_num_groups: int = 32
-    act_fn: str = "silu"
-    mid_block_add_attention: bool = True
-    use_quant_conv: bool = True
-    use_post_quant_conv: bool = True
-    scaling_factor: float = 0.18215
-    shift_factor: float | None = None
+    A `config.json` that omits a field gets diffusers' default (one 64-channel block). `SD_VAE` / `FLUX_VAE` below
+    are the public 8x VAEs. The last four fields are the latent normalisation `normalize` / `denormalize` apply.
+    """
+
+    in_channels: int = 3  # image channels in
+    out_channels: int = 3  # image channels out
+    block_out_channels: tuple[int, ...] = (64,)  # channels per down block (up blocks reversed); n blocks: 2^(n-1)x
+    layers_per_block: int = 1  # ResNets per down block (up blocks have one more)
+    latent_channels: int = 4  # latent channels (SD/SDXL 4, SD3/FLUX 16)
+    norm_num_groups: int = 32  # GroupNorm groups; must divide every block's channels
+    act_fn: str = "silu"  # activation
+    mid_block_add_attention: bool = True  # self-attention in the mid blocks
+    use_quant_conv: bool = True  # 1x1 conv after the encoder (absent in FLUX / SD3)
+    use_post_quant_conv: bool = True  # 1x1 conv before the decoder
+    scaling_factor: float = 0.18215  # normalised latents = (z - shift) * scaling_factor [/ latents_std]
+    shift_factor: float | None = None  # SD3 / FLUX: subtracted before scaling
+    latents_mean: tuple[float, ...] | None = None  # per-channel mean (e.g. Playground v2.5); needs latents_std
+    latents_std: tuple[float, ...] | None = None  # per-channel std; needs latents_mean
+
+    def __post_init__(self):
+        for i, channels in enumerate(self.block_out_channels):
+            checkpoint_dir.require_divisible(
+                "AutoencoderKL config", numerator=(f"block_out_channels[{i}]", channels),
+                denominator=("norm_num_groups", self.norm_num_groups))
+        layers.activation(self.act_fn)
+        if (self.latents_mean is None) != (self.latents_std is None):
+            raise ValueError("latents_mean and latents_std come together (diffusers pipelines use them only as a "
+                             "pair); set both or neither.")
+        for name in ("latents_mean", "latents_std"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.latent_channels:
+                raise ValueError(f"{name} has {len(value)} values for latent_channels={self.latent_channels}.")
+        if self.latents_mean is not None and self.shift_factor is not None:
+            raise ValueError("shift_factor and latents_mean are both set; no diffusers pipeline combines them, so "
+                             "the latent normalisation is ambiguous: set one of them to null.")
+
+    @classmethod
+    def from_dict(cls, raw: dict, *, source: str = "config.json") -> "AutoencoderKLConfig":
+        """Reads a diffusers `config.json` object (omitted fields take `AutoencoderKL`'s defaults)."""
+        down = raw.get("down_block_types") or ["DownEncoderBlock2D"]
+        up = raw.get("up_block_types") or ["UpDecoderBlock2D"]
+        for field, blocks, allowed in (("down_block_types", down, "DownEncoderBlock2D"),
+                                       ("up_block_types", up, "UpDecoderBlock2D")):
+            if any(block != allowed for block in blocks):
+                raise ValueError(f"{source}: {field}={blocks} has blocks other than {allowed!r} "
+                                 "(not an AutoencoderKL 2D VAE).")
+        kwargs = checkpoint_dir.config_kwargs(cls, raw, source=source)
+        channels = kwargs.get("block_out_channels", cls.block_out_channels)
+        if not len(down) == len(up) == len(channels):
+            raise ValueError(f"{source}: {len(down)} down_block_types, {len(up)} up_block_types and "
+                             f"{len(channels)} block_out_channels; diffusers builds one block per entry, so give "
+                             "the three lists the same length.")
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
 
     @classmethod
     def from_json(cls, path: str) -> "AutoencoderKLConfig":
         with open(path) as f:
-            raw = json.load(f)
-        for block in raw.get("down_block_types", []) + raw.get("up_block_types", []):
-            if block not in ("DownEncoderBlock2D", "UpDecoderBlock2D"):
-                raise ValueError(f"{path}: block type {block!r} is not an AutoencoderKL 2D block.")
-        kwargs = {f.name: raw[f.name] for f in dataclasses.fields(cls) if raw.get(f.name) is not None}
-        kwargs["block_out_channels"] = tuple(kwargs.get("block_out_channels", cls.block_out_channels))
-        return cls(**kwargs)
+            return cls.from_dict(json.load(f), source=path)
 
     @property
     def downsample_factor(self) -> int:
         return 2 ** (len(self.block_out_channels) - 1)
+
+    def normalize(self, z: jax.Array) -> jax.Array:
+        """Raw latents `[..., latent_channels]` -> the diffusion model's, as diffusers pipelines encode them.
+
+        `(z - latents_mean) * scaling_factor / latents_std` when the config has them (SDXL-family pipelines),
+        else `(z - shift_factor) * scaling_factor` (SD3 / FLUX; shift 0 for SD).
+        """
+        if self.latents_mean is not None:
+            mean = jnp.asarray(self.latents_mean, z.dtype)
+            return (z - mean) * self.scaling_factor / jnp.asarray(self.latents_std, z.dtype)
+        return (z - (self.shift_factor or 0.0)) * self.scaling_factor
+
+    def denormalize(self, latents: jax.Array) -> jax.Array:
+        """Inverse of `normalize` (what pipelines do before `vae.decode`)."""
+        if self.latents_mean is not None:
+            std = jnp.asarray(self.latents_std, latents.dtype)
+            return latents * std / self.scaling_factor + jnp.asarray(self.latents_mean, latents.dtype)
+        return latents / self.scaling_factor + (self.shift_factor or 0.0)
+
+
+# The SD 1.x / SDXL VAE (4 latent channels) and the FLUX VAE (16 channels, no quant convs, shifted).
+SD_VAE = AutoencoderKLConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2)
+FLUX_VAE = AutoencoderKLConfig(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
+                               use_quant_conv=False, use_post_quant_conv=False, scaling_factor=0.3611,
+                               shift_factor=0.1159)
 
 
 class ResnetBlock(nn.Module):
@@ -211,11 +274,17 @@ class AutoencoderKL(nn.Module):
 
 
 def load_autoencoder_kl(path: str) -> tuple[AutoencoderKL, dict]:
-    """Builds the VAE from `path/config.json` and loads `path/diffusion_pytorch_model.safetensors`.
+    """Builds the VAE from the checkpoint's `config.json` and loads `diffusion_pytorch_model.safetensors`.
 
-    Older checkpoints whose mid-block attention uses `query/key/value/proj_attn` names are accepted too.
+    `path`: a directory as `AutoencoderKL.save_pretrained` writes it (fp16 variants and sharded indexes too), one of
+    its `.safetensors` files, or a Hugging Face cache repository, with the subfolder for a pipeline
+    (`.../models--ORG--NAME/vae`; see `checkpoint_dir.resolve`). Older checkpoints whose mid-block attention uses
+    `query/key/value/proj_attn` names are accepted too.
     """
-    config = AutoencoderKLConfig.from_json(os.path.join(path, "config.json"))
+    directory, file = checkpoint_dir.resolve(path)
+    raw = checkpoint_dir.read_config(directory, loader="AutoencoderKL", accepted=("AutoencoderKL",),
+                                     config_setting="config.latent.path")
+    config = AutoencoderKLConfig.from_dict(raw, source=os.path.join(directory, "config.json"))
     model = AutoencoderKL(config)
     size = 2 * config.downsample_factor
     abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, size, size, config.in_channels)))
@@ -225,6 +294,6 @@ def load_autoencoder_kl(path: str) -> tuple[AutoencoderKL, dict]:
         for old, new in (("query", "to_q"), ("key", "to_k"), ("value", "to_v"), ("proj_attn", "to_out.0")):
             for leaf in ("weight", "bias"):
                 aliases[f"{prefix}{old}.{leaf}"] = f"{prefix}{new}.{leaf}"
-    params = safetensors_loader.load_params(path, abstract["params"], aliases=aliases,
+    params = safetensors_loader.load_params(file or directory, abstract["params"], aliases=aliases,
                                             default_name="diffusion_pytorch_model.safetensors")
     return model, params

@@ -1,7 +1,8 @@
 """`VAESpace`: a frozen per-frame AutoencoderKL as a latent space with `PixelSpace`'s interface.
 
 `encode(params, video [batch, frames, height, width, 3] in [-1, 1]) -> latents [batch, frames, height / f,
-width / f, C]` normalised as diffusers pipelines do: `(z - shift_factor) * scaling_factor`; `decode` inverts it.
+width / f, C]` normalised as diffusers pipelines do (`AutoencoderKLConfig.normalize`: per-channel
+`latents_mean`/`latents_std` when the config has them, else `(z - shift_factor) * scaling_factor`); `decode` inverts it.
 Frames are independent images: the `batch * frames` images are processed `frame_chunk` at a time (`lax.map`) so
 activation memory is bounded, and each chunk is constrained to the batch mesh axes. The video and latent tensors
 carry `activation_frames` on their frames axis, so a rule mapping it to a mesh axis shards over frames too.
@@ -69,17 +70,15 @@ class VAESpace:
 
         mean, logvar = jnp.split(self._chunked(moments, images), 2, axis=-1)
         z = mean if rng is None else mean + jnp.exp(0.5 * logvar) * jax.random.normal(rng, mean.shape, mean.dtype)
-        c = self.model.config
-        z = (z - (c.shift_factor or 0.0)) * c.scaling_factor
+        z = self.model.config.normalize(z)
         return shard_logical(z.reshape((b, t) + z.shape[1:]), _VIDEO)
 
     def decode(self, params, latents: jax.Array) -> jax.Array:
         """Normalised latents `[b, t, h, w, C]` -> video `[b, t, h*f, w*f, 3]` (about [-1, 1], not clipped)."""
         params = self.params if params is None else params
-        c = self.model.config
         b, t = latents.shape[:2]
         latents = shard_logical(latents, _VIDEO)
-        z = latents.reshape((b * t,) + latents.shape[2:]) / c.scaling_factor + (c.shift_factor or 0.0)
+        z = self.model.config.denormalize(latents.reshape((b * t,) + latents.shape[2:]))
         decode = lambda x: self.model.apply({"params": params}, x, method=vae.AutoencoderKL.decode)  # noqa: E731
         images = self._chunked(decode, z)
         return shard_logical(images.reshape((b, t) + images.shape[1:]), _VIDEO)

@@ -42,13 +42,13 @@ def test_t5_xxl_encoder_layout():
         reference = transformers.T5EncoderModel(transformers.T5Config(
             vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
             feed_forward_proj="gated-gelu"))
-    count = _check(t5.T5Encoder(t5.T5Config()), reference, (jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), bool)),
+    count = _check(t5.T5Encoder(t5.T5_XXL), reference, (jnp.zeros((1, 8), jnp.int32), jnp.ones((1, 8), bool)),
                    aliases={"encoder.embed_tokens.weight": "shared.weight"})
     assert 4.7e9 < count < 4.8e9
 
 
 def test_flux_vae_layout():
-    config = vae.AutoencoderKLConfig(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    config = vae.FLUX_VAE
     with torch.device("meta"):
         reference = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16,
                                   down_block_types=("DownEncoderBlock2D",) * 4,

@@ -145,3 +145,39 @@ def test_wrong_dim_and_kind_errors_name_the_config_key(tmp_path):
         text.build_text_encoder(_config(kind="gpt"))
     with pytest.raises(ValueError, match=r"set config.text.dim=384"):
         text.build_text_encoder(_config(kind="bert", path=MINILM, dim=128))
+    with pytest.raises(ValueError, match=r"config.text.hidden_layer=-2 applies to text.kind='clip' only"):
+        text.build_text_encoder(_config(kind="bert", path=MINILM, dim=384, hidden_layer=-2))
+
+
+def test_clip_from_a_hub_cache_with_a_foreign_tokenizer_and_the_penultimate_layer(tmp_path):
+    from checkpoint_testlib import as_hub_cache
+    spiece = _train_sentencepiece(str(tmp_path))
+    torch.manual_seed(0)
+    cfg = transformers.CLIPTextConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                      num_attention_heads=4, max_position_embeddings=16, eos_token_id=95,
+                                      bos_token_id=0, pad_token_id=0)
+    ref = transformers.CLIPTextModel(cfg).eval()
+    ref.save_pretrained(tmp_path / "clip")
+    repo = as_hub_cache(tmp_path / "clip", tmp_path / "hub", repo="org/clip", subfolder="text_encoder")
+    encoder = text.build_text_encoder(_config(kind="clip", path=os.path.join(repo, "text_encoder"), dim=32,
+                                              hidden_layer=-2, tokenizer=dict(kind="sentencepiece", path=spiece)))
+    ids, mask = encoder.tokenize(["a man in a dark suit walks past parked cars", "a rabbit"])
+    out = encoder.encode(encoder.pretrained_params, ids, mask)
+    with torch.no_grad():
+        want = ref(input_ids=torch.from_numpy(ids.astype(np.int64)),
+                   attention_mask=torch.from_numpy(mask.astype(np.int64)), output_hidden_states=True)
+    np.testing.assert_allclose(np.asarray(out.sequence)[mask], want.hidden_states[-2].numpy()[mask], atol=1e-4,
+                               rtol=0)
+    # The checkpoint's EOS (95) never occurs in T5-tokenized ids: pooling takes the tokenizer's </s> (id 1) instead.
+    eos_position = mask.sum(1) - 1
+    assert (ids[np.arange(2), eos_position] == 1).all()
+    np.testing.assert_allclose(np.asarray(out.pooled), want.last_hidden_state.numpy()[np.arange(2), eos_position],
+                               atol=1e-4, rtol=0)
+
+
+def test_pretrained_encoder_given_as_its_safetensors_file(minilm):
+    encoder = text.build_text_encoder(_config(kind="bert", path=MINILM + "/model.safetensors", dim=384))
+    ids, mask = encoder.tokenize(SENTENCES[:2])  # the tokenizer is found beside the file
+    np.testing.assert_array_equal(ids, minilm.tokenize(SENTENCES[:2])[0])
+    np.testing.assert_allclose(np.asarray(encoder.encode(encoder.pretrained_params, ids, mask).pooled),
+                               np.asarray(minilm.encode(minilm.pretrained_params, ids, mask).pooled), atol=0)
