@@ -3,12 +3,13 @@ checked before it is restored.
 
 Orbax offers no checksum of its own (TensorStore's OCDBT detects some torn writes, not flipped bytes: damaged
 data files restore as finite-looking garbage or NaN). ``write_manifest`` runs in orbax's post-finalization
-callback, after every item is written and before the ``<step>.orbax-checkpoint-tmp-*`` directory is renamed to
+callback, after every item is written and before the ``<step>.orbax-checkpoint-tmp*`` directory is renamed to
 ``<step>``, so a committed step carries its manifest (``integrity.json``) from the moment it exists.
 
 ``verify(step_dir)`` returns a one-line problem naming the first file that is missing, truncated or differs,
 ``MISSING`` for a step written without a manifest (older code), or None when every listed file matches.
-Each process hashes the files it wrote (paths naming ``process_<i>``); process 0 also the shared ones.
+Each process hashes the files it wrote (paths naming ``process_<i>``); process 0 also the shared ones. Orbax's
+step metadata and commit markers (``UNHASHED``), rewritten after the callback, are left out.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ MANIFEST = "integrity.json"
 MISSING = "missing"          # verify(): the step has no manifest (written before manifests existed)
 _CHUNK = 8 * 1024 * 1024
 _PROCESS = re.compile(r"process_(\d+)")
+# Rewritten by orbax after the callback (commit timestamps), and holding no state: not hashed.
+UNHASHED = ("_CHECKPOINT_METADATA", "commit_success.txt")
 
 
 def manifest_name(process_index: int) -> str:
@@ -48,7 +51,7 @@ def write_manifest(step_dir: str, *, process_index: int = 0) -> str:
         for name in names:
             path = os.path.join(root, name)
             rel = os.path.relpath(path, step_dir)
-            if name.startswith("integrity.") or _owner(rel) != process_index:
+            if name.startswith("integrity.") or name in UNHASHED or _owner(rel) != process_index:
                 continue
             files[rel] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
     out = os.path.join(step_dir, manifest_name(process_index))
@@ -61,7 +64,7 @@ def write_manifest(step_dir: str, *, process_index: int = 0) -> str:
 def write_manifest_for_pending(checkpoints: str, step: int, *, process_index: int = 0) -> None:
     """``write_manifest`` on the directory orbax is about to commit as ``step`` (its temporary name), or on the
     committed one when there is no temporary directory (synchronous saves)."""
-    pending = sorted(glob.glob(os.path.join(checkpoints, f"{step}.orbax-checkpoint-tmp-*")))
+    pending = sorted(glob.glob(os.path.join(checkpoints, f"{step}.orbax-checkpoint-tmp*")))
     write_manifest(pending[-1] if pending else os.path.join(checkpoints, str(step)), process_index=process_index)
 
 
