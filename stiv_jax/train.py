@@ -251,8 +251,9 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
                         last_saved = done
             if preempted:
                 if is_lead:
+                    newest = f"step {last_saved}" if last_saved is not None else "none"
                     print(f"preempted: saved step {done}, exiting" if last_saved == done else
-                          f"preempted: exiting; the newest checkpoint is step {last_saved} (the steps since were skipped)")
+                          f"preempted: exiting; the newest checkpoint is {newest} (the steps since were skipped)")
                 break
             if sample_every and done % sample_every == 0:  # after the save: a failing validation loses no steps
                 from stiv_jax.training import validation
@@ -267,9 +268,11 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
         with open(os.path.join(workdir, "goodput.json"), "w") as f:
             json.dump(dict(goodput.summary(), steps=[first_step, int(state.step)]), f, indent=1)
     writer.close()
+    on_failure.clear()   # closed already
     if aborted_streak:
         raise NonFiniteLossError(
-            f"{aborted_streak} consecutive steps had a NaN/Inf loss or gradient (updates skipped; last checkpoint: "
+            f"{aborted_streak} consecutive steps had a NaN/Inf loss, gradient or update (updates skipped; last "
+            f"checkpoint: "
             f"step {last_saved}). Lower config.optim.lr, check the data, or raise config.optim.max_nonfinite_steps")
     if is_lead and os.path.exists(writer.path):
         metrics_lib.plot_loss(writer.path, os.path.join(workdir, "loss.png"))

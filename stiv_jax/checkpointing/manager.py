@@ -117,7 +117,8 @@ def describe_mismatch(saved_tree, abstract_state) -> str | None:
                   if have[p][0] != need[p][0]]
         for what, names in (("missing", missing), ("not in this model", extra), ("shape differs", differ)):
             if names:
-                problems.append(f"{len(names)} {group} {what}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}")
+                more = " ..." if len(names) > 4 else ""
+                problems.append(f"{len(names)} {group} {what}: {', '.join(names[:4])}{more}")
         if problems:
             break   # ema_params repeats the same differences
     if hasattr(abstract_state, "opt_state"):
@@ -146,7 +147,7 @@ def _files_named(message: str) -> str:
 
 
 def _read_manager(workdir: str) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    options = ocp.CheckpointManagerOptions(create=False)  # reads only; creates nothing
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
 
 

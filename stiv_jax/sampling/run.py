@@ -24,7 +24,8 @@ from stiv_jax.training.optimizer import build_optimizer
 
 
 def load_params(workdir: str, *, use_ema: bool = True):
-    """``(config, bundle, params)`` of the latest checkpoint in ``workdir`` (or of an export), on one device."""
+    """``(config, bundle, params)`` of the newest intact checkpoint in ``workdir`` (or of an export), on one
+    device."""
     from stiv_jax import export  # an exported directory (safetensors + config.json) needs no orbax
     if export.is_export(workdir):
         config, params = export.load_exported(workdir)
@@ -36,9 +37,10 @@ def load_params(workdir: str, *, use_ema: bool = True):
     rules = mesh_lib.logical_rules(config.mesh)
     abstract, shardings = state_lib.state_shardings(lambda: bundle.init_boxed_params(jax.random.key(0)), tx,
                                                     mesh, rules)
-    manager = ckpt.make_manager(workdir, async_save=False)
-    state = ckpt.restore(manager, abstract_state=abstract, shardings=shardings)
-    manager.close()
+    # The newest step that verifies (a damaged one is skipped with a line, and left where it is).
+    state = ckpt.restore_newest_intact(workdir, abstract_state=abstract, shardings=shardings, move_damaged=False)
+    if state is None:
+        raise FileNotFoundError(f"no checkpoint under {ckpt.checkpoint_dir(workdir)}")
     return config, bundle, state.ema_params if use_ema else state.params
 
 

@@ -50,7 +50,7 @@ class SourceCheckpoint:
 
 
 def _state_manager(workdir: str) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    options = ocp.CheckpointManagerOptions(create=False)  # reads only; creates nothing
     return ocp.CheckpointManager(ckpt.checkpoint_dir(workdir), item_names=("state", "data_iter", "config"),
                                  options=options,
                                  item_handlers={"state": ocp.PyTreeCheckpointHandler(),
