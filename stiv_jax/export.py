@@ -33,6 +33,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.flax import load_file
 
+from stiv_jax.checkpointing import integrity
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.stages import surgery, transition
 
@@ -131,8 +132,9 @@ def _write_export(directory: str, flat: dict, *, source, workdir: str, dtype: st
     for name, shard in zip(files, shards):
         save_safetensors(os.path.join(directory, name), shard, meta)
     num_params = sum(int(np.prod(v.shape)) for v in flat.values())
+    sha256 = {name: integrity.file_sha256(os.path.join(directory, name)) for name in files}
     summary = dict(workdir=os.path.abspath(workdir), step=source.step, weights=source.subtree, dtype=dtype,
-                   tensors=len(flat), parameters=num_params, files=files)
+                   tensors=len(flat), parameters=num_params, files=files, sha256=sha256)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump({"config": source.config.to_dict(), "export": summary}, f, indent=1, sort_keys=True)
     with open(os.path.join(directory, "README.md"), "w") as f:
@@ -186,10 +188,14 @@ def is_export(directory: str) -> bool:
 
 
 def load_exported(directory: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """``(config, params)`` of an export: the run's config and the nested parameter dict (``{'dit', 'text'}``)."""
+    """``(config, params)`` of an export: the run's config and the nested parameter dict (``{'dit', 'text'}``).
+
+    Every weights file is checked against the step and SHA-256 that ``config.json`` records (a stale or damaged
+    file is an error naming it)."""
     with open(os.path.join(directory, "config.json")) as f:
         described = json.load(f)
     config, step = ml_collections.ConfigDict(described["config"]), described.get("export", {}).get("step")
+    hashes = described.get("export", {}).get("sha256", {})
     index = os.path.join(directory, INDEX)
     if os.path.exists(index):
         with open(index) as f:
@@ -208,6 +214,9 @@ def load_exported(directory: str) -> tuple[ml_collections.ConfigDict, dict]:
         if None not in (saved_step, step) and saved_step != str(step):
             raise ValueError(f"{path} holds step {saved_step} but {directory}/config.json describes step {step}: a "
                              "stale file from another export; export it again")
+        if name in hashes and integrity.file_sha256(path) != hashes[name]:
+            raise ValueError(f"{path} is damaged: its SHA-256 differs from the one in {directory}/config.json; "
+                             "export it again")
         flat.update(load_file(path))
     params = surgery.unflatten(flat)
     params.setdefault("text", {})

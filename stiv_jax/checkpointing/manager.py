@@ -283,6 +283,9 @@ def load_params_from_checkpoint(workdir_or_path: str, step: int | None = None, u
       The ``{'dit': ..., 'text': ...}`` parameter tree.
     """
     item_dir, step = _state_item_dir(workdir_or_path, step)
+    problem = integrity.verify(os.path.dirname(item_dir))
+    if problem not in (None, integrity.MISSING):
+        raise CheckpointDamagedError(f"checkpoint step {step} is damaged: {problem}")
     key = "ema_params" if use_ema else "params"
     checkpointer = ocp.PyTreeCheckpointer()
     if target is None:

@@ -213,3 +213,17 @@ def test_resume_past_damage_with_skipped_steps_and_an_early_sigterm_keeps_every_
     assert [row["loss"] for row in rows if row["step"] == 3][-1] == "nan"
     step3 = [row for row in metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl")) if row["step"] == 3]
     assert np.isnan(step3[0]["loss"])
+
+
+def test_an_export_with_damaged_weight_bytes_is_refused_by_the_loader(trained, tmp_path):
+    from stiv_jax import export as export_lib
+    out = str(tmp_path / "export")
+    export_lib.export(trained, out, step=4)
+    weights = os.path.join(out, "model.safetensors")
+    _overwrite(weights, offset=os.path.getsize(weights) - 64)
+    with pytest.raises(ValueError, match=r"model.safetensors is damaged: its SHA-256 differs"):
+        export_lib.load_exported(out)
+    with pytest.raises(ckpt.CheckpointDamagedError, match="file missing"):   # params-only loading verifies too
+        damaged = _copy(trained, tmp_path)
+        os.remove(_data_files(damaged, 4)[0])
+        ckpt.load_params_from_checkpoint(damaged)
