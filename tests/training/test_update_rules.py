@@ -152,3 +152,20 @@ def test_metrics_jsonl_stays_strict_json_for_nan_and_inf(tmp_path):
     assert row == {"step": 1, "loss": "nan", "grad_norm": "inf", "learning_rate": "-inf", "mfu": 0.5}
     back = metrics_lib.read_metrics(str(tmp_path / "metrics.jsonl"))[0]
     assert np.isnan(back["loss"]) and back["grad_norm"] == np.inf and back["learning_rate"] == -np.inf
+
+
+def test_train_cli_refuses_a_nan_learning_rate_in_one_line_before_creating_the_workdir(tmp_path):
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    workdir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "stiv_jax.train", "--config=experiments/demo.py",
+                           f"--workdir={workdir}", "--config.optim.lr=nan"], cwd=repo, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu"), timeout=300)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: ValueError: config.optim.lr=nan with schedule='constant' gives learning rate nan at "
+                      "step 0; it must be finite and >= 0"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "(full trace: STIV_TRACE=1)" in proc.stderr
+    assert not workdir.exists()
