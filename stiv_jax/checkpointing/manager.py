@@ -163,10 +163,14 @@ def restore(manager: ocp.CheckpointManager, *, abstract_state, shardings, data_i
     if problem not in (None, integrity.MISSING):
         raise CheckpointDamagedError(f"checkpoint step {step} is damaged: {problem}")
     try:
-        saved_tree = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, "state")).item_metadata.tree
+        metadata = ocp.PyTreeCheckpointer().metadata(os.path.join(step_dir, "state"))
+        saved_tree = getattr(getattr(metadata, "item_metadata", None), "tree", None)
     except Exception as err:  # noqa: BLE001  (any unreadable metadata is damage)
         raise CheckpointDamagedError(f"checkpoint step {step} is damaged: {step_dir}/state metadata unreadable: "
                                      f"{str(err).splitlines()[0][:300]}") from err
+    if not saved_tree:
+        raise CheckpointDamagedError(f"checkpoint step {step} is damaged: {step_dir}/state has no readable metadata "
+                                     "(_METADATA missing or empty)")
     mismatch = describe_mismatch(saved_tree, abstract_state)
     if mismatch:
         raise CheckpointMismatchError(f"checkpoint step {step} under {manager.directory} belongs to another model "
@@ -229,7 +233,7 @@ def restore_newest_intact(workdir: str, *, abstract_state, shardings, data_iter=
         finally:
             manager.close()
         if problems:
-            log(f"restored checkpoint step {step}, the newest that verifies (skipped {len(problems)} damaged)")
+            log(f"restored checkpoint step {step}, the newest intact one (skipped {len(problems)} damaged)")
         if move_damaged and jax.process_count() > 1:
             from jax.experimental import multihost_utils
             multihost_utils.sync_global_devices("stiv_jax checkpoint fallback")

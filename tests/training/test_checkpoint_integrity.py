@@ -98,7 +98,7 @@ def test_a_damaged_newest_step_is_named_moved_aside_and_the_older_one_restored(t
     assert len(lines) == 2, lines
     assert "checkpoint step 4 is damaged" in lines[0] and os.path.relpath(victim, workdir).split(os.sep)[-1] in lines[0]
     assert {"bytes": "SHA-256 differs", "truncate": "bytes,", "delete": "file missing"}[damage] in lines[0]
-    assert "restored checkpoint step 2" in lines[1]
+    assert "restored checkpoint step 2, the newest intact one" in lines[1]
     # Nothing lost: the damaged step is kept beside the others, the good one untouched.
     assert ckpt.complete_steps(workdir) == [2]
     assert os.path.isdir(os.path.join(workdir, "checkpoints", "4.damaged"))
