@@ -3,7 +3,13 @@ r"""Trains a STIV model from an ml-collections config; re-running on the same wo
   python -m stiv_jax.train --config=experiments/demo.py --workdir=runs/demo [--config.total_steps=100]
 
 Multi-process: start it through a launcher (``stiv_jax.launch``; TPU pods are auto-detected); ``main`` calls
-``stiv_jax.launch.distributed.initialize`` before anything touches a backend. SIGTERM saves a checkpoint on every host at the same step and exits 0.
+``stiv_jax.launch.distributed.initialize`` before anything touches a backend. SIGTERM saves a checkpoint on every
+host at the same step and exits 0 (the handler is installed before set-up, so also during restore and compile).
+
+Resume takes the newest checkpoint that passes its integrity check (``stiv_jax.checkpointing.manager``); damaged
+ones are named and moved aside. A save is left out when every update since the last one was skipped as
+non-finite, so a diverging run keeps its checkpoints from before the divergence. A failure prints one line
+(``stiv_jax.cli``; ``STIV_TRACE=1`` for the trace) and exits 1.
 
 Health (``config.health``, ``stiv_jax.training.health``): a hang watchdog ends the process with status 42 after
 dumping every thread's stack when no step completes for ``hang_timeout_s`` (``startup_timeout_s`` before the

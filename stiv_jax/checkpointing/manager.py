@@ -44,7 +44,8 @@ def make_manager(workdir: str, *, max_to_keep: int = 3, keep_period: int | None 
     directory = checkpoint_dir(workdir)
 
     def write_manifest():   # orbax's background thread, after every item is written, before the commit
-        integrity.write_manifest_for_pending(directory, pending["step"], process_index=jax.process_index())
+        if jax.process_index() == 0:
+            integrity.write_manifest_for_pending(directory, pending["step"])
 
     async_options = ocp.AsyncOptions(post_finalization_callback=write_manifest) if async_save else None
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, keep_period=keep_period or None,
@@ -66,9 +67,8 @@ def save(manager: ocp.CheckpointManager, step: int, *, state, data_iter=None, co
     manager.wait_until_finished()   # one save in flight: the manifest callback knows which step it belongs to
     manager.stiv_pending["step"] = step
     manager.save(step, args=ocp.args.Composite(**items), force=True)
-    if not manager.stiv_pending["asynchronous"]:   # committed already: hash it now
-        integrity.write_manifest(os.path.join(manager.stiv_pending["directory"], str(step)),
-                                 process_index=jax.process_index())
+    if not manager.stiv_pending["asynchronous"] and jax.process_index() == 0:   # committed already: hash it now
+        integrity.write_manifest(os.path.join(manager.stiv_pending["directory"], str(step)))
 
 
 def abstract_with_shardings(abstract_tree, shardings):
