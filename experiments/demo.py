@@ -70,6 +70,7 @@ def get_config():
     config.data.num_threads = 2           # grain read/decode threads (per worker)
     config.data.prefetch = 4              # elements prefetched per thread / batches per worker
     config.data.on_host_count_change = "refuse"  # or "restart": fresh data order when resuming on other hosts
+    config.data.on_damaged_shard = "refuse"  # or "skip": leave out (count, report) truncated shards / bad records
 
     config.diffusion = ml_collections.ConfigDict()
     config.diffusion.timestep_distribution = "logit_normal"  # or uniform

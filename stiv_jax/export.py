@@ -11,23 +11,55 @@ Writes to ``--out``:
 
 ``load_exported(dir) -> (config, params)`` reads it back; ``params`` plugs into ``ModelBundle.velocity`` exactly
 like the checkpoint's ``ema_params``. Any safetensors reader (torch, numpy, flax) opens the weights.
+
+Nothing stale, nothing damaged: the export is written into a fresh ``<out>.staging-*`` directory beside ``--out``
+and swapped in whole (an earlier export there is replaced, never mixed with the new files). The safetensors
+bytes are deterministic (header keys sorted), so two exports of the same step are byte-equal. Without
+``--step``, a newest checkpoint that fails its integrity check, fails to read or holds non-finite weights is
+skipped with one line and the newest intact step is exported.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from safetensors.flax import load_file, save_file
+from safetensors import safe_open
+from safetensors.flax import load_file
 
+from stiv_jax.checkpointing import integrity
+from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.stages import surgery, transition
 
 DTYPES = {"fp32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16}
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64", "int32": "I32",
+                      "int64": "I64", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def save_safetensors(path: str, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+    """Writes a safetensors file with a canonical header (metadata and tensors in sorted key order, compact JSON
+    padded to 8 bytes), so equal tensors give equal bytes; ``safetensors.save_file`` orders metadata randomly."""
+    header, offset = {"__metadata__": dict(sorted(metadata.items()))}, 0
+    arrays = {name: np.ascontiguousarray(np.asarray(tensors[name])) for name in sorted(tensors)}
+    for name, array in arrays.items():
+        header[name] = {"dtype": SAFETENSORS_DTYPES[str(array.dtype)], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for array in arrays.values():
+            f.write(array.tobytes())
 
 
 def _shards(flat: dict, max_bytes: int) -> list[dict]:
@@ -42,40 +74,85 @@ def _shards(flat: dict, max_bytes: int) -> list[dict]:
     return shards + ([current] if current else [])
 
 
+def restore_newest_intact(workdir: str, *, step: int | None, use_ema: bool, log: Callable[[str], None] = print):
+    """``(source, flat params on the host)`` of ``step``, or of the newest step that verifies, reads and is finite.
+
+    A damaged step given by ``step`` is an error; without ``step`` it is skipped with one line to ``log``.
+    """
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"--workdir={workdir!r} does not exist")
+    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    candidates = [step] if step is not None else list(reversed(ckpt.complete_steps(workdir))) or [None]
+    for candidate in candidates:
+        try:
+            source = transition.open_source("export", workdir, use_ema=use_ema, step=candidate, log=log)
+            return source, transition.restore_params(source, {path: host for path in source.shapes})
+        except ckpt.CheckpointDamagedError as err:
+            if step is not None or candidate == candidates[-1]:
+                raise
+            log(f"{err}; falling back to an older step")
+    raise AssertionError("unreachable")
+
+
 def export(workdir: str, out: str, *, dtype: str = "fp32", step: int | None = None, use_ema: bool = True,
-           max_shard_bytes: int = 4 * 1024 ** 3) -> dict:
-    """Exports the (EMA) parameters of ``workdir``'s latest (or ``step``) checkpoint to ``out``; returns a summary."""
+           max_shard_bytes: int = 4 * 1024 ** 3, log: Callable[[str], None] = print) -> dict:
+    """Exports the (EMA) parameters of ``workdir``'s newest intact (or ``step``) checkpoint to ``out``; returns a
+    summary. ``out`` is replaced whole (see the module doc); a non-empty ``out`` that is no export is refused."""
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r}; valid: {sorted(DTYPES)}")
-    source = transition.open_source("export", workdir, use_ema=use_ema, step=step)
-    host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
-    restored = transition.restore_params(source, {path: host for path in source.shapes})
-    flat = {path: jnp.asarray(value).astype(DTYPES[dtype]) for path, value in restored.items()}
-    os.makedirs(out, exist_ok=True)
+    if os.path.isdir(out) and os.listdir(out) and not is_export(out):
+        raise FileExistsError(f"--out={out!r} is a non-empty directory that holds no export; choose another --out")
+    source, restored = restore_newest_intact(workdir, step=step, use_ema=use_ema, log=log)
+    flat = {path: np.asarray(jnp.asarray(value).astype(DTYPES[dtype])) for path, value in restored.items()}
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".staging-", dir=parent)
+    try:
+        summary = _write_export(staging, flat, source=source, workdir=workdir, dtype=dtype,
+                                max_shard_bytes=max_shard_bytes)
+        _swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return summary
+
+
+def _write_export(directory: str, flat: dict, *, source, workdir: str, dtype: str, max_shard_bytes: int) -> dict:
+    os.chmod(directory, 0o755)   # mkdtemp makes it 0700
     shards = _shards(flat, max_shard_bytes)
     meta = {"format": "stiv_jax", "step": str(source.step), "weights": source.subtree, "dtype": dtype}
     if len(shards) == 1:
-        save_file(shards[0], os.path.join(out, SINGLE), metadata=meta)
         files = [SINGLE]
     else:
         files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-        weight_map = {}
-        for name, shard in zip(files, shards):
-            save_file(shard, os.path.join(out, name), metadata=meta)
-            weight_map.update({k: name for k in shard})
-        total = sum(v.size * v.dtype.itemsize for v in flat.values())
-        with open(os.path.join(out, INDEX), "w") as f:
-            json.dump({"metadata": {"total_size": total, **meta}, "weight_map": weight_map}, f, indent=1)
-    for name in files:   # safetensors writes through a private temp file (mode 0600): make it readable as usual
-        os.chmod(os.path.join(out, name), 0o644)
+        total = sum(v.nbytes for v in flat.values())
+        weight_map = {k: name for name, shard in zip(files, shards) for k in sorted(shard)}
+        with open(os.path.join(directory, INDEX), "w") as f:
+            json.dump({"metadata": {"total_size": total, **meta}, "weight_map": weight_map}, f, indent=1,
+                      sort_keys=True)
+    for name, shard in zip(files, shards):
+        save_safetensors(os.path.join(directory, name), shard, meta)
     num_params = sum(int(np.prod(v.shape)) for v in flat.values())
+    sha256 = {name: integrity.file_sha256(os.path.join(directory, name)) for name in files}
     summary = dict(workdir=os.path.abspath(workdir), step=source.step, weights=source.subtree, dtype=dtype,
-                   tensors=len(flat), parameters=num_params, files=files)
-    with open(os.path.join(out, "config.json"), "w") as f:
+                   tensors=len(flat), parameters=num_params, files=files, sha256=sha256)
+    with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump({"config": source.config.to_dict(), "export": summary}, f, indent=1, sort_keys=True)
-    with open(os.path.join(out, "README.md"), "w") as f:
+    with open(os.path.join(directory, "README.md"), "w") as f:
         f.write(model_card(source.config, summary))
     return summary
+
+
+def _swap_in(staging: str, out: str) -> None:
+    """Replaces ``out`` by ``staging`` with two renames (the old export is deleted only once the new is in)."""
+    if not os.path.exists(out):
+        os.rename(staging, out)
+        return
+    old = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".old-",
+                           dir=os.path.dirname(os.path.abspath(out)))
+    os.rmdir(old)
+    os.rename(out, old)
+    os.rename(staging, out)
+    shutil.rmtree(old)
 
 
 def model_card(config, summary: dict) -> str:
@@ -111,9 +188,14 @@ def is_export(directory: str) -> bool:
 
 
 def load_exported(directory: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """``(config, params)`` of an export: the run's config and the nested parameter dict (``{'dit', 'text'}``)."""
+    """``(config, params)`` of an export: the run's config and the nested parameter dict (``{'dit', 'text'}``).
+
+    Every weights file is checked against the step and SHA-256 that ``config.json`` records (a stale or damaged
+    file is an error naming it)."""
     with open(os.path.join(directory, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f)["config"])
+        described = json.load(f)
+    config, step = ml_collections.ConfigDict(described["config"]), described.get("export", {}).get("step")
+    hashes = described.get("export", {}).get("sha256", {})
     index = os.path.join(directory, INDEX)
     if os.path.exists(index):
         with open(index) as f:
@@ -124,7 +206,18 @@ def load_exported(directory: str) -> tuple[ml_collections.ConfigDict, dict]:
         raise FileNotFoundError(f"{directory} holds neither {SINGLE} nor {INDEX}: not a stiv_jax export")
     flat = {}
     for name in files:
-        flat.update(load_file(os.path.join(directory, name)))
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is missing: the export in {directory} is incomplete; export it again")
+        with safe_open(path, framework="numpy") as f:
+            saved_step = (f.metadata() or {}).get("step")
+        if None not in (saved_step, step) and saved_step != str(step):
+            raise ValueError(f"{path} holds step {saved_step} but {directory}/config.json describes step {step}: a "
+                             "stale file from another export; export it again")
+        if name in hashes and integrity.file_sha256(path) != hashes[name]:
+            raise ValueError(f"{path} is damaged: its SHA-256 differs from the one in {directory}/config.json; "
+                             "export it again")
+        flat.update(load_file(path))
     params = surgery.unflatten(flat)
     params.setdefault("text", {})
     return config, params
@@ -141,7 +234,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
     flags.DEFINE_string("workdir", None, "Run directory with checkpoints/.")
     flags.DEFINE_string("out", None, "Output directory.")
     flags.DEFINE_string("dtype", "fp32", "fp32 | bf16")
@@ -149,4 +242,5 @@ if __name__ == "__main__":
     flags.DEFINE_bool("ema", True, "Export the EMA weights (else the raw parameters).")
     flags.DEFINE_float("max_shard_gib", 4.0, "Largest safetensors file before splitting.")
     flags.mark_flags_as_required(["workdir", "out"])
-    app.run(main)
+    from stiv_jax.launch import cli
+    cli.run(main)

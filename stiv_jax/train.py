@@ -3,7 +3,13 @@ r"""Trains a STIV model from an ml-collections config; re-running on the same wo
   python -m stiv_jax.train --config=experiments/demo.py --workdir=runs/demo [--config.total_steps=100]
 
 Multi-process: start it through a launcher (``stiv_jax.launch``; TPU pods are auto-detected); ``main`` calls
-``stiv_jax.launch.distributed.initialize`` before anything touches a backend. SIGTERM saves a checkpoint on every host at the same step and exits 0.
+``stiv_jax.launch.distributed.initialize`` before anything touches a backend. SIGTERM saves a checkpoint on every
+host at the same step and exits 0 (the handler is installed before set-up, so also during restore and compile).
+
+Resume takes the newest checkpoint that passes its integrity check (``stiv_jax.checkpointing.manager``); damaged
+ones are named and moved aside. A save is left out when every update since the last one was skipped as
+non-finite, so a diverging run keeps its checkpoints from before the divergence. A failure prints one line
+(``stiv_jax.launch.cli``; ``STIV_TRACE=1`` for the trace) and exits 1.
 
 Health (``config.health``, ``stiv_jax.training.health``): a hang watchdog ends the process with status 42 after
 dumping every thread's stack when no step completes for ``hang_timeout_s`` (``startup_timeout_s`` before the
@@ -20,7 +26,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
@@ -35,7 +41,7 @@ from stiv_jax.training import health
 from stiv_jax.training import metrics as metrics_lib
 from stiv_jax.training import state as state_lib
 from stiv_jax.model.bundle import build_model_bundle
-from stiv_jax.training.optimizer import build_optimizer
+from stiv_jax.training.optimizer import build_optimizer, learning_rate_schedule
 from stiv_jax.training.preemption import PreemptionWatcher
 from stiv_jax.training.step import make_train_step
 
@@ -83,17 +89,36 @@ def goodput_row(goodput: health.GoodputTracker) -> dict:
 
 def train(config, workdir: str) -> state_lib.TrainState:
     """Runs (or resumes) training to ``config.total_steps``; returns the final (or preempted) state."""
+    watcher = PreemptionWatcher()   # first: a SIGTERM during set-up or the first compile still exits cleanly
     watchdog, goodput = start_health(config)
+    on_failure: list = []           # closers of what _train opened (an in-flight save completes before the error)
     try:
-        return _train(config, workdir, watchdog=watchdog, goodput=goodput)
+        return _train(config, workdir, watchdog=watchdog, goodput=goodput, watcher=watcher, on_failure=on_failure)
+    except BaseException:
+        for close in on_failure:
+            close()
+        raise
     finally:
+        watcher.close()
         if watchdog is not None:
             watchdog.stop()
 
 
-def _train(config, workdir: str, *, watchdog, goodput) -> state_lib.TrainState:
+def check_learning_rate(config) -> None:
+    """Refuses a schedule that gives a NaN, Inf or negative learning rate at any step up to ``total_steps``."""
+    steps = np.unique(np.linspace(0, max(int(config.total_steps), 1), 4097).astype(np.int64))
+    values = np.asarray(jax.vmap(learning_rate_schedule(config.optim))(steps))
+    bad = ~np.isfinite(values) | (values < 0)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise ValueError(f"config.optim.lr={config.optim.lr} with schedule={config.optim.schedule!r} gives learning "
+                         f"rate {values[first]} at step {int(steps[first])}; it must be finite and >= 0")
+
+
+def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list) -> state_lib.TrainState:
     pause = watchdog.paused if watchdog is not None else contextlib.nullcontext
     # ----------------------------------------------------------------- setup
+    check_learning_rate(config)
     os.makedirs(workdir, exist_ok=True)
     mesh = mesh_lib.build_mesh(config.mesh)
     rules = mesh_lib.logical_rules(config.mesh)
@@ -115,11 +140,13 @@ def _train(config, workdir: str, *, watchdog, goodput) -> state_lib.TrainState:
     abstract, shardings = state_lib.state_shardings(boxed_params_fn, tx, mesh, rules)
     fraction = rules_lib.check_parameter_sharding(abstract.params, shardings.params, mesh,
                                                   min_fraction=config.mesh.get("min_sharded_fraction", 0.98))
+    with goodput.phase("checkpoint"):   # the newest step that verifies; damaged ones are moved aside, said once
+        state = ckpt.restore_newest_intact(workdir, abstract_state=abstract, shardings=shardings,
+                                           data_iter=data_iter, log=print if is_lead else lambda _: None)
     manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints,
                                 keep_period=config.get("keep_checkpoint_period", None))
-    if manager.latest_step() is not None:
-        with goodput.phase("checkpoint"):
-            state = ckpt.restore(manager, abstract_state=abstract, shardings=shardings, data_iter=data_iter)
+    on_failure.append(manager.close)
+    if state is not None:
         if is_lead:
             print(f"resumed from step {int(state.step)} in {workdir}")
     else:
@@ -174,7 +201,7 @@ def _train(config, workdir: str, *, watchdog, goodput) -> state_lib.TrainState:
 
     # ----------------------------------------------------------------- loop
     writer = metrics_lib.MetricWriter(workdir)
-    watcher = PreemptionWatcher()
+    on_failure.append(writer.close)
     max_nonfinite = int(config.optim.get("max_nonfinite_steps", 10))
     profile_start, profile_stop = tuple(config.get("profile_steps", None) or (-1, -1))
     sample_every = int(config.get("sample_every", 0) or 0)
@@ -220,11 +247,19 @@ def _train(config, workdir: str, *, watchdog, goodput) -> state_lib.TrainState:
             preempted = watcher.should_stop(done)
             if preempted or done % config.checkpoint_every == 0 or done == config.total_steps:
                 with goodput.phase("checkpoint"):
-                    ckpt.save(manager, done, state=state, data_iter=data_iter, config=config)
-                last_saved = done
+                    if all_skipped_since(state, last_saved, first_step, done):
+                        if is_lead:   # the same weights as the last save: rotating good steps away gains nothing
+                            progress.write(f"step {done}: not saved, every update since step "
+                                           f"{last_saved if last_saved is not None else first_step} was skipped "
+                                           f"(non-finite)")
+                    else:
+                        ckpt.save(manager, done, state=state, data_iter=data_iter, config=config)
+                        last_saved = done
             if preempted:
                 if is_lead:
-                    print(f"preempted: saved step {done}, exiting")
+                    newest = f"step {last_saved}" if last_saved is not None else "none"
+                    print(f"preempted: saved step {done}, exiting" if last_saved == done else
+                          f"preempted: exiting; the newest checkpoint is {newest} (the steps since were skipped)")
                 break
             if sample_every and done % sample_every == 0:  # after the save: a failing validation loses no steps
                 from stiv_jax.eval import validation
@@ -239,14 +274,21 @@ def _train(config, workdir: str, *, watchdog, goodput) -> state_lib.TrainState:
         with open(os.path.join(workdir, "goodput.json"), "w") as f:
             json.dump(dict(goodput.summary(), steps=[first_step, int(state.step)]), f, indent=1)
     writer.close()
-    watcher.close()
+    on_failure.clear()   # closed already
     if aborted_streak:
         raise NonFiniteLossError(
-            f"{aborted_streak} consecutive steps had a NaN/Inf loss or gradient (updates skipped; last checkpoint: "
+            f"{aborted_streak} consecutive steps had a NaN/Inf loss, gradient or update (updates skipped; last "
+            f"checkpoint: "
             f"step {last_saved}). Lower config.optim.lr, check the data, or raise config.optim.max_nonfinite_steps")
     if is_lead and os.path.exists(writer.path):
         metrics_lib.plot_loss(writer.path, os.path.join(workdir, "loss.png"))
     return state
+
+
+def all_skipped_since(state, last_saved: int | None, first_step: int, done: int) -> bool:
+    """True when every step after the last save (or the start) skipped its update (reads one device scalar)."""
+    since = last_saved if last_saved is not None else first_step
+    return done > since and int(state.nonfinite_streak) >= done - since
 
 
 def main(argv):
@@ -258,4 +300,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from stiv_jax.launch import cli
+    cli.run(main)

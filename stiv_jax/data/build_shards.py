@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 from array_record.python import array_record_module
 from tqdm import tqdm
 
@@ -32,6 +32,10 @@ from stiv_jax.data.clips import ClipSpec, VideoResult  # noqa: F401  (public nam
 
 SHARD_PATTERN = "clips-{shard:05d}-of-{num_shards:05d}.array_record"
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".flv")
+
+
+class NoClipsError(RuntimeError):
+    """Every input video was skipped: there is nothing to write (the CLI exits with status 1)."""
 
 
 def list_videos(videos: str) -> list[str]:
@@ -118,8 +122,7 @@ def build_shards(*, videos: str, captions: str, out: str, spec: ClipSpec = ClipS
     start_time = time.perf_counter()
     if num_shards < 1:
         raise ValueError(f"num_shards={num_shards} must be >= 1")
-    os.makedirs(out, exist_ok=True)
-    caption_table = load_captions(captions)
+    caption_table = load_captions(captions)   # before creating --out: bad input leaves nothing behind
     paths = list_videos(videos)
     if not paths:
         raise FileNotFoundError(f"--videos={videos!r} matches no video files")
@@ -148,6 +151,11 @@ def build_shards(*, videos: str, captions: str, out: str, spec: ClipSpec = ClipS
             for result in pool.imap_unordered(_process, jobs):
                 collect(result)
     bar.close()
+    if not any(shards):
+        raise NoClipsError(f"no clip was cut from the {len(paths)} videos of --videos={videos!r}, nothing written to "
+                           f"{out}; skipped {len(skipped)}: "
+                           + "; ".join(f"{p}: {why}" for p, why in sorted(skipped)[:5]))
+    os.makedirs(out, exist_ok=True)
     for shard, items in enumerate(shards):
         write_shard(shard_path(out, shard, num_shards), [record for _, record in sorted(items)])
     summary = make_summary(clips_per_shard=[len(s) for s in shards], skipped=skipped, videos=len(paths),
@@ -185,4 +193,5 @@ if __name__ == "__main__":
     FLAGS = flags.FLAGS
     define_flags()
     flags.DEFINE_integer("num_workers", None, "Processes cutting videos (default: one per CPU core).")
-    app.run(main)
+    from stiv_jax.launch import cli
+    cli.run(main)

@@ -18,10 +18,15 @@ uninterrupted one would. Per-host numpy batches become global arrays with
 
 Config (``config.data``): shards, kind (video|latent), batch_size, frames, frame_stride, resolution,
 random_crop, buckets, image_shards, image_weight, image_batch_size, image_buckets, num_threads, prefetch,
-num_workers, on_host_count_change (refuse|restart).
+num_workers, on_host_count_change (refuse|restart), on_damaged_shard (refuse|skip).
+
+Damaged shards: every shard is opened at start-up; a truncated one (or a record whose bytes fail the ArrayRecord
+chunk hash later) is an error naming the shard file, or with ``config.data.on_damaged_shard="skip"`` the shard
+(or record) is left out, counted and reported.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import hashlib
 import json
@@ -42,12 +47,77 @@ MAX_CONSECUTIVE_SKIPS = 1000   # a stream this corrupt is a configuration error,
 SCAN_RECORDS = 2048            # records scanned at start-up to check every bucket has data
 
 
-def open_source(pattern: str, *, key: str = "config.data.shards"):
-    """A random-access source of record bytes: ArrayRecord shards, or ``tfds:NAME[@DATA_DIR]`` (our builder)."""
+class DamagedShardError(RuntimeError):
+    """An ArrayRecord shard that cannot be opened (truncated) or holds a record that fails its checksum."""
+
+
+DAMAGED_SHARD_CHOICES = ("refuse", "skip")
+
+
+class ShardSource:
+    """Random access over ArrayRecord shards whose read errors name the shard file and the record in it.
+
+    With ``on_damaged="skip"`` an unreadable record reads as empty bytes (counted as a skipped record downstream,
+    with the shard named in the log); with ``"refuse"`` it raises ``DamagedShardError``.
+    """
+
+    def __init__(self, paths: list[str], counts: list[int], *, on_damaged: str = "refuse"):
+        self.paths, self.on_damaged = list(paths), on_damaged
+        self.starts = list(np.cumsum([0] + list(counts[:-1]))) if counts else []
+        self._source = grain.sources.ArrayRecordDataSource(self.paths)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> bytes:
+        try:
+            return self._source[index]
+        except RuntimeError as err:
+            shard = bisect.bisect_right(self.starts, index) - 1
+            where = f"{self.paths[shard]}: record {index - self.starts[shard]}"
+            if self.on_damaged == "skip":
+                logging.warning("data: skipping unreadable record %s (%s)", where, err)
+                return b""
+            raise DamagedShardError(f"{where} is unreadable ({err or 'no message'}); rebuild the shard, or set "
+                                    "config.data.on_damaged_shard='skip'") from err
+
+    def __repr__(self) -> str:
+        return f"ShardSource({len(self.paths)} shards)"
+
+
+def check_shards(paths: list[str]) -> tuple[list[str], list[int], list[tuple[str, str]]]:
+    """``(good paths, their record counts, [(damaged path, why)])``: each shard is opened (footer and index)."""
+    good, counts, damaged = [], [], []
+    for path in paths:
+        try:
+            counts.append(len(grain.sources.ArrayRecordDataSource([path])))
+            good.append(path)
+        except (RuntimeError, OSError, ValueError) as err:
+            damaged.append((path, f"cannot be opened: {err or 'truncated or not an ArrayRecord file'}"))
+    return good, counts, damaged
+
+
+def open_source(pattern: str, *, key: str = "config.data.shards", on_damaged: str = "refuse"):
+    """A random-access source of record bytes: ArrayRecord shards, or ``tfds:NAME[@DATA_DIR]`` (our builder).
+
+    ``on_damaged`` (``config.data.on_damaged_shard``): ``"refuse"`` a shard that cannot be opened (the error names
+    it) or ``"skip"`` it (counted and reported in one line).
+    """
+    if on_damaged not in DAMAGED_SHARD_CHOICES:
+        raise ValueError(f"config.data.on_damaged_shard={on_damaged!r}; valid: {', '.join(DAMAGED_SHARD_CHOICES)}")
     if pattern.startswith("tfds:"):
         from stiv_jax.data import tfds_builder
         return tfds_builder.record_source(pattern[len("tfds:"):])
-    return grain.sources.ArrayRecordDataSource(shard_paths(pattern, key=key))
+    paths = shard_paths(pattern, key=key)
+    good, counts, damaged = check_shards(paths)
+    if damaged and (on_damaged == "refuse" or not good):
+        path, why = damaged[0]
+        raise DamagedShardError(f"{key}: shard {path} {why} ({len(damaged)} of {len(paths)} shards damaged); "
+                                "rebuild it, or set config.data.on_damaged_shard='skip'")
+    if damaged:
+        print(f"data: skipping {len(damaged)} of {len(paths)} damaged shards of {key} "
+              f"(config.data.on_damaged_shard='skip'): " + "; ".join(f"{p} {why}" for p, why in damaged), flush=True)
+    return ShardSource(good, counts, on_damaged=on_damaged)
 
 
 # ---------------------------------------------------------------------------------------------- batching
@@ -166,6 +236,7 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
                              prefetch_buffer_size=int(data_config.get("prefetch", 4)))
     common = dict(seed=seed, process_index=process_index, process_count=process_count, read=read)
     image_weight = float(data_config.get("image_weight", 0.0) or 0.0)
+    on_damaged = data_config.get("on_damaged_shard", "refuse")
     if not 0.0 <= image_weight <= 1.0:
         raise ValueError(f"config.data.image_weight={image_weight} must be in [0, 1]")
     if image_weight > 0 and not data_config.get("image_shards", ""):
@@ -177,12 +248,14 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
         video_buckets = buckets_lib.video_buckets(data_config)
         decode = (decoders.ClipDecoder(video_buckets, stride=stride, random_crop=bool(data_config.random_crop))
                   if kind == "video" else None)
-        streams = bucket_streams(open_source(data_config.shards), kind="clip" if kind == "video" else "latent",
-                                 buckets=video_buckets, decode=decode, stride=stride, name=kind, **common)
+        streams = bucket_streams(open_source(data_config.shards, on_damaged=on_damaged),
+                                 kind="clip" if kind == "video" else "latent", buckets=video_buckets,
+                                 decode=decode, stride=stride, name=kind, **common)
     if image_weight > 0:
         image_buckets = buckets_lib.image_buckets(data_config)
         decode = decoders.ImageDecoder(image_buckets, random_crop=bool(data_config.random_crop))
-        images = bucket_streams(open_source(data_config.image_shards, key="config.data.image_shards"),
+        images = bucket_streams(open_source(data_config.image_shards, key="config.data.image_shards",
+                                            on_damaged=on_damaged),
                                 kind="image", buckets=image_buckets, decode=decode, stride=1, name="image",
                                 seed=seed + 1, **{k: v for k, v in common.items() if k != "seed"})
         streams = _reweight(streams, 1.0 - image_weight) | _reweight(images, image_weight) if streams else images

@@ -9,14 +9,16 @@ checkpoint directory), small enough for a laptop or CI:
 Arguments after ``--`` go to the module (default ``stiv_jax.train``). Each process gets
 ``--devices_per_process`` fake CPU devices, ``JAX_PLATFORMS=cpu`` and the ``STIV_*`` variables that
 ``stiv_jax.launch.distributed.initialize`` reads. Output lines are prefixed with ``[p<i>]``. When one process
-fails, the others are stopped and the launcher exits with the first failure's status. ``--dry-run`` prints
-each process's environment and command instead of starting them.
+fails, the others are stopped, the launcher says which process died and how (``process 1 (pid N) was killed by
+SIGKILL``) and exits with the first failure's status (128 + the signal number for a signal, as a shell reports
+it). ``--dry-run`` prints each process's environment and command instead of starting them.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -57,6 +59,17 @@ def process_environments(num_processes: int, *, port: int, devices_per_process: 
             env[distributed.ENV_INIT_TIMEOUT] = str(init_timeout_s)
         envs.append(env)
     return envs
+
+
+def describe_exit(code: int) -> tuple[str, int]:
+    """``(how a child ended, the job status)`` from ``Popen.returncode`` (negative: killed by that signal)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}", 128 - code
+    return f"exited with status {code}", code
 
 
 def _pump(stream, prefix: str, sink) -> None:
@@ -103,8 +116,8 @@ def launch(num_processes: int, module_args: list[str], *, module: str = "stiv_ja
                     continue
                 remaining.discard(i)
                 if code != 0 and status == 0:
-                    status = code
-                    out.write(f"[launcher] process {i} exited with status {code}; stopping the others\n")
+                    how, status = describe_exit(code)
+                    out.write(f"[launcher] process {i} (pid {procs[i].pid}) {how}; stopping the others\n")
                     for j in remaining:
                         procs[j].terminate()
             time.sleep(0.1)

@@ -21,16 +21,15 @@ from stiv_jax.model.bundle import build_model_bundle
 
 
 def load_params(workdir: str, *, use_ema: bool = True):
-    """``(config, bundle, params)`` of the latest checkpoint in ``workdir`` (or of an export), on one device.
-
-    Only the parameters are read (EMA or raw): the optimizer state, the largest part of a checkpoint, is not.
-    """
+    """``(config, bundle, params)`` of the newest intact checkpoint in ``workdir`` (or of an export), on one
+    device. Only the parameters are read (EMA or raw), never the optimizer state."""
     from stiv_jax import export  # an exported directory (safetensors + config.json) needs no orbax
     if export.is_export(workdir):
         config, params = export.load_exported(workdir)
         return config, build_model_bundle(config), params
     config = ml_collections.ConfigDict(ckpt.restore_config(workdir))
-    params = ckpt.load_params_from_checkpoint(workdir, use_ema=use_ema)
+    # The newest step that verifies (a damaged one is skipped with a line, and left where it is).
+    params = ckpt.load_newest_intact_params(workdir, use_ema=use_ema)
     return config, build_model_bundle(config), jax.device_put(params, jax.devices()[0])
 
 

@@ -14,6 +14,7 @@ matches the source's, as RoPE interpolation requires); a wrong or missing scale 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from typing import Callable
 
@@ -23,6 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from stiv_jax.checkpointing import integrity
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.stages import surgery
 
@@ -47,43 +49,70 @@ class SourceCheckpoint:
         return f"{self.workdir} step {self.step} ({'EMA' if self.subtree == 'ema_params' else 'raw'} weights)"
 
 
-def _path_str(key_path) -> str:
-    parts = []
-    for k in key_path:
-        parts.append(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))))
-    return "/".join(parts)
-
-
 def _state_manager(workdir: str) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(create=False)  # reads only; creates nothing
     return ocp.CheckpointManager(ckpt.checkpoint_dir(workdir), item_names=("state", "data_iter", "config"),
+                                 options=options,
                                  item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                                 "config": ocp.JsonCheckpointHandler()})
 
 
-def open_source(name: str, workdir: str, *, use_ema: bool = True, step: int | None = None) -> SourceCheckpoint:
-    """Reads a source's latest (or ``step``) step, config and parameter shapes (metadata only, no weights)."""
+def _pick_step(name: str, workdir: str, step: int | None, log: Callable[[str], None]) -> int:
+    """``step`` if given and intact, else the newest step whose integrity manifest verifies (skips said once)."""
+    key = "workdir" if name == "export" else f"config.init.sources.{name}"
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"{key}={workdir!r} does not exist; give the run directory of a trained stage")
+    steps = ckpt.complete_steps(workdir)
+    if not steps:
+        raise FileNotFoundError(f"{key}={workdir!r} has no checkpoint under {ckpt.checkpoint_dir(workdir)}; "
+                                "train that stage first or fix the path")
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"checkpoint step {step} not under {ckpt.checkpoint_dir(workdir)}; available: {steps}")
+    for candidate in ([step] if step is not None else reversed(steps)):
+        problem = integrity.verify(os.path.join(ckpt.checkpoint_dir(workdir), str(candidate)))
+        if problem in (None, integrity.MISSING):
+            return candidate
+        if step is not None:
+            raise ckpt.CheckpointDamagedError(f"checkpoint step {step} is damaged: {problem}")
+        log(f"checkpoint step {candidate} is damaged: {problem}; falling back to an older step")
+    raise ckpt.CheckpointDamagedError(f"every checkpoint under {ckpt.checkpoint_dir(workdir)} is damaged")
+
+
+def open_source(name: str, workdir: str, *, use_ema: bool = True, step: int | None = None,
+                log: Callable[[str], None] = print) -> SourceCheckpoint:
+    """Reads a source's latest intact (or ``step``) step, config and parameter shapes (metadata only, no weights).
+
+    A missing ``workdir`` is an error (nothing is created); a damaged newest step is skipped with a line to ``log``.
+    """
+    step = _pick_step(name, workdir, step, log)
     manager = _state_manager(workdir)
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"config.init.sources.{name}={workdir!r} has no checkpoint under "
-                                f"{ckpt.checkpoint_dir(workdir)}; train that stage first or fix the path")
-    metadata = manager.item_metadata(step)["state"]
+    try:
+        metadata = manager.item_metadata(step)["state"]
+    finally:
+        manager.close()
     tree = metadata.tree if hasattr(metadata, "tree") else metadata
+    step_dir = os.path.join(ckpt.checkpoint_dir(workdir), str(step))
+    if not tree:
+        raise ckpt.CheckpointDamagedError(f"checkpoint step {step} is damaged: {step_dir}/state has no readable "
+                                          "metadata (_METADATA missing or broken)")
     subtree = "ema_params" if use_ema else "params"
     shapes = {}
     for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        path = _path_str(key_path)
+        path = ckpt.path_str(key_path)
         if path.startswith(subtree + "/"):
             shapes[path[len(subtree) + 1:]] = tuple(leaf.shape)
-    manager.close()
     if not shapes:
-        raise ValueError(f"the checkpoint of {workdir} (step {step}) holds no '{subtree}'")
+        raise ckpt.CheckpointMismatchError(f"the checkpoint of {workdir} (step {step}) holds no '{subtree}'; saved "
+                                           f"entries: {sorted(tree)}")
     config = ml_collections.ConfigDict(ckpt.restore_config(workdir, step))
     return SourceCheckpoint(name, workdir, step, config, subtree, shapes)
 
 
 def restore_params(source: SourceCheckpoint, wanted: dict[str, jax.sharding.Sharding]) -> dict[str, jax.Array]:
-    """Restores only the parameters in ``wanted`` (path -> sharding) from ``source``; nothing else is read."""
+    """Restores only the parameters in ``wanted`` (path -> sharding) from ``source``; nothing else is read.
+
+    Raises ``CheckpointDamagedError`` naming the step when a read fails or a restored parameter is not finite.
+    """
     manager = _state_manager(source.workdir)
     metadata = manager.item_metadata(source.step)["state"]
     tree = metadata.tree if hasattr(metadata, "tree") else metadata
@@ -91,7 +120,7 @@ def restore_params(source: SourceCheckpoint, wanted: dict[str, jax.sharding.Shar
     prefix = source.subtree + "/"
     items, args = [], []
     for key_path, leaf in leaves:
-        path = _path_str(key_path)
+        path = ckpt.path_str(key_path)
         sharding = wanted.get(path[len(prefix):]) if path.startswith(prefix) else None
         if sharding is None:
             items.append(ocp.PLACEHOLDER)
@@ -99,14 +128,25 @@ def restore_params(source: SourceCheckpoint, wanted: dict[str, jax.sharding.Shar
         else:
             items.append(jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding))
             args.append(ocp.ArrayRestoreArgs(sharding=sharding))
-    restored = manager.restore(source.step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=jax.tree_util.tree_unflatten(treedef, items), restore_args=jax.tree_util.tree_unflatten(treedef, args))))
-    manager.close()
+    try:
+        restored = manager.restore(source.step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=jax.tree_util.tree_unflatten(treedef, items),
+            restore_args=jax.tree_util.tree_unflatten(treedef, args))))
+    except Exception as err:  # noqa: BLE001  (the metadata matched: a failing read is a damaged file)
+        raise ckpt.CheckpointDamagedError(f"checkpoint step {source.step} of {source.workdir} is damaged: reading "
+                                          f"it failed with {type(err).__name__}: {str(err).splitlines()[0][:300]}"
+                                          ) from err
+    finally:
+        manager.close()
     out = {}
     for key_path, value in jax.tree_util.tree_flatten_with_path(restored["state"])[0]:
-        path = _path_str(key_path)
+        path = ckpt.path_str(key_path)
         if path.startswith(prefix) and path[len(prefix):] in wanted:
             out[path[len(prefix):]] = value
+    bad = ckpt.nonfinite_leaves(out)
+    if bad:
+        raise ckpt.CheckpointDamagedError(f"checkpoint step {source.step} of {source.workdir} is damaged: non-finite "
+                                          f"values in {len(bad)} {source.subtree} ({', '.join(bad[:3])})")
     return out
 
 

@@ -9,8 +9,17 @@ import jax
 import numpy as np
 
 
+def _json_number(value: float) -> float | str:
+    """A float as JSON allows: non-finite values become the strings ``"nan"``, ``"inf"``, ``"-inf"``."""
+    return value if np.isfinite(value) else str(value)
+
+
 class MetricWriter:
-    """Writes scalar metrics of a step to ``workdir/metrics.jsonl`` and TensorBoard (process 0 only)."""
+    """Writes scalar metrics of a step to ``workdir/metrics.jsonl`` and TensorBoard (process 0 only).
+
+    Every line is strict JSON: a NaN or infinite value is written as the string ``"nan"``, ``"inf"`` or
+    ``"-inf"`` (``read_metrics`` turns them back into floats).
+    """
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
@@ -26,7 +35,8 @@ class MetricWriter:
             return
         scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+            row = {"step": int(step), **{k: _json_number(v) for k, v in scalars.items()}}
+            f.write(json.dumps(row, allow_nan=False) + "\n")
         for name, value in scalars.items():
             self._tb.add_scalar(name, value, step)
 
@@ -69,12 +79,14 @@ def format_row(step: int, row: dict) -> str:
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The rows of a metrics JSONL file (later rows for a repeated step win, as after a resume)."""
+    """The rows of a metrics JSONL file (later rows for a repeated step win, as after a resume); the strings
+    ``"nan"``/``"inf"``/``"-inf"`` come back as floats."""
     rows: dict[int, dict] = {}
     with open(path) as f:
         for line in f:
             if line.strip():
-                row = json.loads(line)
+                row = {k: float(v) if isinstance(v, str) and v in ("nan", "inf", "-inf") else v
+                       for k, v in json.loads(line).items()}
                 rows[row["step"]] = row
     return [rows[s] for s in sorted(rows)]
 

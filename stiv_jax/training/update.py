@@ -59,14 +59,16 @@ def accumulated_loss_and_grads(loss_fn: LossFn, params, batch: dict, rng: jax.Ar
 
 def guarded_update(state: TrainState, loss: jax.Array, grads, tx: optax.GradientTransformation, *,
                    ema_decay: float) -> tuple[TrainState, dict]:
-    """Applies ``grads`` unless the loss or the gradients are NaN/Inf, in which case the update is skipped.
+    """Applies ``grads`` unless the loss, the gradients or the update itself (a NaN learning rate, an optimizer
+    statistic overflowing) are NaN/Inf, in which case the update is skipped.
 
     A skipped step leaves parameters, EMA and optimizer state untouched, advances ``step`` (the batch is
     consumed), and bumps ``skipped_steps`` and ``nonfinite_streak``; an applied step resets the streak.
     """
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    update_norm = optax.tree.norm(updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
     new_params = optax.apply_updates(state.params, updates)
     new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, new_params)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
@@ -75,6 +77,6 @@ def guarded_update(state: TrainState, loss: jax.Array, grads, tx: optax.Gradient
         step=state.step + 1, params=keep(new_params, state.params), ema_params=keep(new_ema, state.ema_params),
         opt_state=keep(new_opt_state, state.opt_state), skipped_steps=state.skipped_steps + skipped,
         nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
-    metrics = {"loss": loss, "grad_norm": grad_norm, "update_skipped": skipped,
+    metrics = {"loss": loss, "grad_norm": grad_norm, "update_norm": update_norm, "update_skipped": skipped,
                "skipped_steps": new_state.skipped_steps, "nonfinite_streak": new_state.nonfinite_streak}
     return new_state, metrics

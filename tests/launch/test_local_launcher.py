@@ -23,3 +23,14 @@ def test_dry_run_prints_one_command_per_process(capsys):
                         f"STIV_COORDINATOR_ADDRESS=localhost:{port}", "STIV_NUM_PROCESSES=2",
                         f"STIV_PROCESS_ID={process_id}", "STIV_EXPECTED_PROCESSES=2", sys.executable, "-m",
                         "stiv_jax.train", "--config=experiments/demo.py", "--workdir=runs/x"]
+
+
+def test_a_killed_process_is_named_with_its_signal_and_the_job_exits_128_plus_it(monkeypatch):
+    import io
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([os.path.dirname(os.path.abspath(__file__)), REPO]))
+    out = io.StringIO()
+    status = local.launch(2, [], module="killed_peer_module", devices_per_process=1, out=out)
+    assert status == 128 + 9, out.getvalue()
+    assert "[launcher] process 1 (pid " in out.getvalue() and ") was killed by SIGKILL; stopping the others" \
+        in out.getvalue()
+    assert local.describe_exit(3) == ("exited with status 3", 3)

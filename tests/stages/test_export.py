@@ -62,3 +62,15 @@ def test_bf16_export_is_sharded_with_an_index_and_close_to_fp32(tmp_path, t2v_st
     want = velocity(bundle, jax.device_get(state.ema_params), latents)
     got = velocity(bundle, jax.tree.map(lambda v: v.astype(jnp.float32), params), latents)
     assert np.abs(got - want).mean() < 0.02 * np.abs(want).mean()
+
+
+def test_export_cli_fails_in_one_line_on_a_missing_workdir_and_creates_nothing(tmp_path):
+    missing, out = tmp_path / "no_run", tmp_path / "out"
+    env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "stiv_jax.export", f"--workdir={missing}", f"--out={out}"],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-2:] == [f"error: FileNotFoundError: --workdir='{missing}' does not exist",
+                                             "  (full trace: STIV_TRACE=1)"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr
+    assert not missing.exists() and not out.exists()

@@ -120,3 +120,52 @@ def test_mesh_fills_ici_and_dcn_autos_and_names_bad_keys():
         mesh_lib.build_mesh(ml_collections.ConfigDict({"ici": dict(data=-1, fsdp=-1)}))
     with pytest.raises(ValueError, match="config.mesh.rules"):
         mesh_lib.logical_rules(ml_collections.ConfigDict({"rules": "zero3"}))
+
+
+def test_a_nan_learning_rate_applies_no_update_and_is_refused_at_start_up():
+    from stiv_jax import train as train_lib
+    from trainer_testlib import tiny_config
+    tx = optimizer_lib.build_optimizer(_optim(lr=float("nan")))
+    state = state_lib.create_state({"w": jnp.ones((3, 2))}, tx)
+    batch = {"x": jnp.ones((4, 3)), "y": jnp.zeros((4, 2))}
+    loss, grads = jax.value_and_grad(_quadratic_loss)(state.params, batch, None)
+    new, metrics = update_lib.guarded_update(state, loss, grads, tx, ema_decay=0.5)
+    assert np.isfinite(float(loss)) and np.isfinite(float(metrics["grad_norm"]))   # only the update is NaN
+    assert int(metrics["update_skipped"]) == 1 and np.isnan(float(metrics["update_norm"]))
+    np.testing.assert_array_equal(new.params["w"], 1.0)
+    np.testing.assert_array_equal(new.ema_params["w"], 1.0)
+    for lr, schedule in ((float("nan"), "constant"), (float("inf"), "cosine"), (-1e-3, "constant")):
+        config = tiny_config(**{"optim.lr": lr, "optim.schedule": schedule})
+        with pytest.raises(ValueError, match=r"config.optim.lr=.*must be finite and >= 0"):
+            train_lib.check_learning_rate(config)
+    train_lib.check_learning_rate(tiny_config())
+
+
+def test_metrics_jsonl_stays_strict_json_for_nan_and_inf(tmp_path):
+    import json
+    from stiv_jax.training import metrics as metrics_lib
+    writer = metrics_lib.MetricWriter(str(tmp_path))
+    writer.write(1, {"loss": float("nan"), "grad_norm": float("inf"), "learning_rate": -float("inf"), "mfu": 0.5})
+    writer.close()
+    line = open(tmp_path / "metrics.jsonl").read().strip()
+    row = json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} in {line}"))
+    assert row == {"step": 1, "loss": "nan", "grad_norm": "inf", "learning_rate": "-inf", "mfu": 0.5}
+    back = metrics_lib.read_metrics(str(tmp_path / "metrics.jsonl"))[0]
+    assert np.isnan(back["loss"]) and back["grad_norm"] == np.inf and back["learning_rate"] == -np.inf
+
+
+def test_train_cli_refuses_a_nan_learning_rate_in_one_line_before_creating_the_workdir(tmp_path):
+    import os
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    workdir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "stiv_jax.train", "--config=experiments/demo.py",
+                           f"--workdir={workdir}", "--config.optim.lr=nan"], cwd=repo, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=repo, JAX_PLATFORMS="cpu"), timeout=300)
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: ValueError: config.optim.lr=nan with schedule='constant' gives learning rate nan at "
+                      "step 0; it must be finite and >= 0"], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "(full trace: STIV_TRACE=1)" in proc.stderr
+    assert not workdir.exists()
