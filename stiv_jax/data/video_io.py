@@ -56,18 +56,9 @@ def decode_frames(source, *, start_frame: int = 0, num_frames: int | None = None
     """
     frames = []
     try:
-        with av.open(_as_file(source)) as container:
-            stream = container.streams.video[0]
-            if threads == 1:
-                stream.thread_type, stream.thread_count = "NONE", 1
-            else:
-                stream.thread_type, stream.thread_count = "AUTO", threads
-            index_of = _seek(container, stream, start_frame)
-            wanted = _wanted(start_frame, num_frames, stride)
-            for frame in _decode_wanted(container, stream, index_of, wanted):
-                frames.append(frame_lib.crop_resize_rgb(frame, crop=crop, size=size))
-                if num_frames is not None and len(frames) == num_frames:
-                    break
+        for frame in iter_wanted_frames(source, start_frame=start_frame, num_frames=num_frames, stride=stride,
+                                        threads=threads):
+            frames.append(frame_lib.crop_resize_rgb(frame, crop=crop, size=size))
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
         raise VideoDecodeError(f"cannot decode video {_name(source)}: {e}") from e
     if not frames or (num_frames is not None and len(frames) < num_frames):
@@ -75,6 +66,25 @@ def decode_frames(source, *, start_frame: int = 0, num_frames: int | None = None
             f"video {_name(source)} gave {len(frames)} frames from frame {start_frame} at stride {stride}, "
             f"{num_frames} needed")
     return np.stack(frames)
+
+
+def iter_wanted_frames(source, *, start_frame: int = 0, num_frames: int | None = None, stride: int = 1,
+                       threads: int = 0):
+    """Yields the decoded ``av.VideoFrame`` of frames ``start_frame, start_frame + stride, ...`` (at most
+    ``num_frames``), decoding only what they need (see ``decode_frames``); raises FFmpeg's errors."""
+    with av.open(_as_file(source)) as container:
+        stream = container.streams.video[0]
+        if threads == 1:
+            stream.thread_type, stream.thread_count = "NONE", 1
+        else:
+            stream.thread_type, stream.thread_count = "AUTO", threads
+        index_of = _seek(container, stream, start_frame)
+        kept = 0
+        for frame in _decode_wanted(container, stream, index_of, _wanted(start_frame, num_frames, stride)):
+            yield frame
+            kept += 1
+            if num_frames is not None and kept == num_frames:
+                return
 
 
 def _wanted(start_frame: int, num_frames: int | None, stride: int):
