@@ -20,18 +20,22 @@ _FAST_RANGES = (0, 1)           # AVCOL_RANGE_UNSPECIFIED, MPEG (limited)
 
 
 def crop_resize_rgb(frame, *, crop: tuple[int, int, int, int] | None = None,
-                    size: tuple[int, int] | None = None) -> np.ndarray:
+                    size: tuple[int, int] | None = None, reformatter=None) -> np.ndarray:
     """A decoded ``av.VideoFrame`` as uint8 RGB ``[height, width, 3]``: crop first, then resize.
 
     Args:
       frame: the decoded frame.
       crop: optional ``(top, left, height, width)`` window in the frame's pixels (clipped to the frame).
       size: optional output ``(height, width)``; bilinear (area averaging when shrinking by 2x or more).
+      reformatter: an ``av.video.reformatter.VideoReformatter`` reused across the frames of a video (keeps its
+        swscale context) for frames the YUV path does not take; None: a new one per frame.
     """
     top, left, height, width = _window(frame.height, frame.width, crop)
     out_h, out_w = size if size is not None else (height, width)
     if _fast(frame) and not (top % 2 or left % 2 or height % 2 or width % 2 or out_h % 2 or out_w % 2):
         return _yuv420_crop_resize(frame, top, left, height, width, out_h, out_w)
+    if reformatter is not None:
+        frame = reformatter.reformat(frame, format="rgb24")
     rgb = frame.to_ndarray(format="rgb24")[top:top + height, left:left + width]
     return _resize(rgb, out_h, out_w)
 

@@ -7,6 +7,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from stiv_jax.data import frames as frame_lib
@@ -54,11 +55,11 @@ def decode_frames(source, *, start_frame: int = 0, num_frames: int | None = None
     Raises:
       VideoDecodeError: the video is corrupt, truncated or has fewer frames than requested.
     """
-    frames = []
+    frames, reformatter = [], VideoReformatter()
     try:
         for frame in iter_wanted_frames(source, start_frame=start_frame, num_frames=num_frames, stride=stride,
                                         threads=threads):
-            frames.append(frame_lib.crop_resize_rgb(frame, crop=crop, size=size))
+            frames.append(frame_lib.crop_resize_rgb(frame, crop=crop, size=size, reformatter=reformatter))
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
         raise VideoDecodeError(f"cannot decode video {_name(source)}: {e}") from e
     if not frames or (num_frames is not None and len(frames) < num_frames):
@@ -118,9 +119,10 @@ def iter_frames(source, *, size: tuple[int, int] | None = None, pixel_format: st
         with av.open(_as_file(source)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            reformatter = VideoReformatter()   # one swscale context for the whole video
             for frame in container.decode(stream):
                 if size is not None:
-                    frame = frame.reformat(width=size[1], height=size[0], format=pixel_format)
+                    frame = reformatter.reformat(frame, width=size[1], height=size[0], format=pixel_format)
                 yield frame.to_ndarray(format=pixel_format)
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
         raise VideoDecodeError(f"cannot decode video {_name(source)}: {e}") from e
