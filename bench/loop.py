@@ -4,13 +4,13 @@ the double-buffered device prefetch with the non-finite guard read late (``stiv_
   python bench/loop.py [--steps=24] [--host_ms=30,30,30,330] [--step_ms=150] [--lag=2] [--depth=2]
 
 The host batches cost ``--host_ms`` in turn (sleep: a reader with bursts, e.g. a slow shard or a GC pause, plus
-the real ``jax.device_put`` of a 4 MiB uint8 batch); the step is a jitted chain of matmuls calibrated to about ``--step_ms`` on this CPU. "Before": read +
-place the batch, dispatch the step, then read the guard's streak of the previous step (one step in flight).
-"After": ``DevicePrefetcher(depth)`` places batches from a thread, ``LaggedReader(lag)`` reads the streak ``lag``
-steps late. The old loop already dispatched asynchronously (one step in flight), so a steady host slower or
-faster than the step is hidden by both; bursts are what the queue absorbs: a loop that overlaps fully runs at
-max(mean host, step) per step. Prints a table
-and replaces the ``## loop`` section of BENCHMARKS.md.
+the real ``jax.device_put`` of a 4 MiB uint8 batch); the step is a jitted chain of matmuls calibrated to about
+``--step_ms`` on this CPU. "Before": read + place the batch, dispatch the step, then read the guard's streak of
+the previous step (one step in flight). "After": ``DevicePrefetcher(depth)`` places batches from a thread,
+``LaggedReader(lag)`` reads the streak ``lag`` steps late. The old loop already dispatched asynchronously, so a
+steady host slower or faster than the step is hidden by both; bursts are what the queue absorbs: a loop that
+overlaps fully runs at max(mean host, step) per step. Prints a table and replaces the ``## loop`` section of
+BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -136,7 +136,8 @@ def main():
     print("\n".join(table))
     command = " ".join(["python bench/loop.py"] + sys.argv[1:])
     write_section("\n".join(["## loop", "", f"Command: `{command}`", "", header + ".", "", *table, "",
-                             "Ideal overlap: max(host, step) per step; no overlap: host + step."]), args.out)
+                             "Full overlap: max(mean host, step) per step (here the step); the data wait of "
+                             "the first row is the bursts the single step in flight could not hide."]), args.out)
 
 
 if __name__ == "__main__":
