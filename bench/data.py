@@ -258,7 +258,7 @@ def main():
               f"{args.frames} frames at stride {args.stride}, {args.resolution}x{args.resolution} random crop, "
               f"batches of 4, {os.cpu_count()} CPU cores shared with other jobs (load average {load:.1f} over the "
               f"run); torchcodec: no CPU build for torch 2.13 (its wheel needs libtorch_cuda), so not measured")
-    table = ["| loader | CPU-ms / clip | clips/s | CPU-ms / decode floor | vs best reference (CPU) |",
+    table = ["| loader | CPU-ms / clip | clips/s | CPU-ms / decode floor | vs reference, same workers (CPU) |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for name, (rate, cpu_ms) in rows:
         ref = min(c for n, (_, c) in rows if n.startswith("torch") and n.endswith(name.rsplit(", ", 1)[-1])) \
@@ -269,7 +269,7 @@ def main():
                  f"{latent[0] / consumed:.0f}x the step's need |")
     grain_rows = [(n, c) for n, (_, c) in rows if n.startswith("grain")]
     best_ref = min(c for n, (_, c) in rows if n.startswith("torch"))
-    targets = [f"{n}: {best_ref / c:.2f}x the best reference's CPU-ms (target 1.3x), {c / floor[1]:.2f}x the "
+    targets = [f"{n}: {best_ref / c:.2f}x the best reference row's CPU-ms (target 1.3x), {c / floor[1]:.2f}x the "
                f"decode floor (target <= 1.3x)" for n, c in grain_rows]
     targets.append(f"latent path: {latent[0] / consumed:.0f}x the step's need at the measured (loaded) rate, "
                    f"{1000 / latent[1] / consumed:.0f}x at one core's CPU-bound rate ({1000 / latent[1]:.0f} "
