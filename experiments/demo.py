@@ -22,6 +22,7 @@ def get_config():
     config.sample_every = 100             # steps between validations (config.eval.validation; 0: off)
     config.peak_tflops_per_device = 0.0   # for MFU when the device kind is unknown (0: look up device_kind)
     config.log_every = 10                 # steps between metric rows
+    config.compilation_cache_dir = ""     # persistent XLA cache: "" = WORKDIR/compile_cache, a path/gs://, "none"
 
     config.model = ml_collections.ConfigDict()  # every key: stiv_jax/model/config.py (DiTConfig)
     config.model.size = "small"           # 4 blocks, width 128, 4 heads (sizes: tiny, small, XL, XXL, M)
@@ -69,6 +70,7 @@ def get_config():
     config.data.num_workers = 0           # grain worker processes (0: decode in threads of this process)
     config.data.num_threads = 2           # grain read/decode threads (per worker)
     config.data.prefetch = 4              # elements prefetched per thread / batches per worker
+    config.data.device_prefetch = 2       # batches put on the devices ahead of the step (2: double buffer)
     config.data.on_host_count_change = "refuse"  # or "restart": fresh data order when resuming on other hosts
     config.data.on_damaged_shard = "refuse"  # or "skip": leave out (count, report) truncated shards / bad records
 
@@ -106,6 +108,7 @@ def get_config():
     config.optim.ema_decay = 0.95         # EMA of parameters (paper: 0.9999 over 400k steps; short demo run)
     config.optim.grad_accum_steps = 1     # micro-batches per optimizer step (batch divisible by it)
     config.optim.max_nonfinite_steps = 10  # NaN/Inf updates are skipped; abort after this many in a row
+    config.optim.nonfinite_check_lag = 2  # the abort check reads the streak this many steps late (steps in flight)
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.ici = dict(data=-1, fsdp=1, context=1, tensor=1)  # -1 fills with the remaining devices

@@ -7,7 +7,8 @@
 #   squeue --me ; tail -F logs/stiv_jax-<JOBID>.out ; scancel <JOBID>
 #
 # --dry-run prints the sbatch command and the srun command the job would run. The workdir must be on storage
-# every node sees. Run from anywhere: the job runs in this checkout (sbatch --chdir).
+# every node sees (it also holds the compilation cache, WORKDIR/compile_cache, that a requeued job reads).
+# Run from anywhere: the job runs in this checkout (sbatch --chdir).
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -13,7 +13,8 @@
 #
 # Every command takes --dry-run: it prints the exact gcloud commands instead of running them.
 # Flags for libtpu come from stiv_jax/launch/xla_flags.py (one versioned file), host counts from
-# stiv_jax/launch/topology.py. The workdir of a multi-host run must be on shared storage (gs://...).
+# stiv_jax/launch/topology.py. The workdir of a multi-host run must be on shared storage (gs://...); compiled
+# steps are cached in WORKDIR/compile_cache (config.compilation_cache_dir), so a restarted job does not recompile.
 # shellcheck source-path=SCRIPTDIR
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"

@@ -10,6 +10,7 @@
 #   launch/xpk.sh delete --cluster=my-cluster --workload=stiv-a --project=my-proj --zone=us-west4-a
 #
 # Every command takes --dry-run: it prints the exact docker / xpk / kubectl commands instead of running them.
+# A restarted workload (--max_restarts) loads its compiled step from WORKDIR/compile_cache instead of compiling.
 # Multi-slice (--num_slices > 1): slices talk over DCN; the command exports the DCN data-parallel libtpu flags
 # (stiv_jax/launch/xla_flags.py), runs launch/dcn_tune.sh (TCP rto_min, the pods run privileged), and the
 # config must put the slice axis on data (`config.mesh.dcn = dict(data=-1)`). --max_restarts lets the JobSet

@@ -248,6 +248,8 @@ def main(argv):
         topology = parse_topology(f.topology, f.hbm_gib)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
+    from stiv_jax.training import compile_cache
+    compile_cache.enable(f.config)   # no workdir: ~/.cache/stiv_jax/compile_cache unless the config names one
     results = fit_check(f.config, topology, num_slices=f.num_slices)
     hbm = topology.hbm_bytes
     sys.exit(0 if all(r.fits(hbm) is not False for r in results) else 1)

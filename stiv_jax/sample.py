@@ -19,6 +19,7 @@ from stiv_jax.diffusion.guidance import Guidance
 from stiv_jax.sampling import inputs
 from stiv_jax.sampling.generate import Generator, SolverSettings
 from stiv_jax.sampling.run import load_params, write_prompt_file, write_video  # noqa: F401 (load_params: API)
+from stiv_jax.training import compile_cache
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Run directory holding checkpoints/.", required=True)
@@ -49,6 +50,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if (FLAGS.prompt is None) == (FLAGS.prompt_file is None) and FLAGS.task != "multiview":
         raise app.UsageError("give exactly one of --prompt and --prompt_file")
+    compile_cache.enable(workdir=FLAGS.workdir)   # WORKDIR/compile_cache, beside the training run's
     config, bundle, params = load_params(FLAGS.workdir, use_ema=FLAGS.ema)
     null_image = "zero" if FLAGS.task == "multiview" else None   # multi-view CFG: zero latent input view
     guidance = Guidance.from_config(config.sample, mode=FLAGS.guidance, scale=FLAGS.cfg,

@@ -36,9 +36,11 @@ from stiv_jax.launch import distributed
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.parallel import rules as rules_lib
 from stiv_jax.stages import transition
+from stiv_jax.training import compile_cache
 from stiv_jax.training import flops as flops_lib
 from stiv_jax.training import health
 from stiv_jax.training import metrics as metrics_lib
+from stiv_jax.training import prefetch
 from stiv_jax.training import state as state_lib
 from stiv_jax.model.bundle import build_model_bundle
 from stiv_jax.training.optimizer import build_optimizer, learning_rate_schedule
@@ -90,6 +92,7 @@ def goodput_row(goodput: health.GoodputTracker) -> dict:
 def train(config, workdir: str) -> state_lib.TrainState:
     """Runs (or resumes) training to ``config.total_steps``; returns the final (or preempted) state."""
     watcher = PreemptionWatcher()   # first: a SIGTERM during set-up or the first compile still exits cleanly
+    compile_cache.enable(config, workdir=workdir)   # a restart loads the compiled step instead of compiling
     watchdog, goodput = start_health(config)
     on_failure: list = []           # closers of what _train opened (an in-flight save completes before the error)
     try:
@@ -158,10 +161,10 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
             json.dump(config.to_dict(), f, indent=1)
 
     # ----------------------------------------------------------------- compiled step
-    def next_batch():
-        start = time.perf_counter()
-        batch = mesh_lib.host_to_global_batch(next(data_iter), mesh, rules)
-        return batch, time.perf_counter() - start
+    # Batches are read and put on the devices (with their shardings) by a background thread, ahead of the step;
+    # checkpoints save the data position of the last batch the step took (prefetch.DevicePrefetcher).
+    batches = prefetch.DevicePrefetcher(data_iter, lambda host: mesh_lib.host_to_global_batch(host, mesh, rules),
+                                        depth=int(config.data.get("device_prefetch", 2)))
 
     # One executable per batch shape (data buckets give several); the first is compiled before the loop.
     compiled_steps: dict = {}
@@ -191,7 +194,7 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
         return compiled_steps[key]
 
     with goodput.phase("data"):
-        batch, wait = next_batch()
+        batch, wait = next(batches)
     with goodput.phase("compile"):
         step_for(batch)
     step_flops = flops_lib.train_step_flops(bundle.dit.config, latent_shape=bundle.latent_shape,
@@ -210,25 +213,25 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
     progress = tqdm(range(first_step, config.total_steps), initial=first_step, total=config.total_steps,
                     desc="train", disable=not is_lead)
     timer = metrics_lib.StepTimer()
-    previous_streak, aborted_streak = None, 0
-    with mesh_lib.activate(mesh, rules):
+    # The guard reads the non-finite streak nonfinite_check_lag steps late, so that many steps stay in flight.
+    streaks = prefetch.LaggedReader(int(config.optim.get("nonfinite_check_lag", 2)))
+    aborted_streak = 0
+    with mesh_lib.activate(mesh, rules), contextlib.closing(batches):
         for step in progress:
             if step == profile_start:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
             if step > first_step:
                 with goodput.phase("data"):
-                    batch, wait = next_batch()
+                    batch, wait = next(batches)
             with goodput.phase("train"):  # a new batch shape's compile is booked to "compile"
                 state, metrics = step_for(batch)(state, batch, frozen_for(batch))
-                # The guard reads the previous step's streak, so one step stays in flight on the device.
-                streak = None if previous_streak is None else int(previous_streak)
+                streak = streaks.push(metrics["nonfinite_streak"])
             done = step + 1
             if watchdog is not None:
                 watchdog.heartbeat(done)
             if streak is not None and streak >= max_nonfinite:
                 aborted_streak = streak
                 break
-            previous_streak = metrics["nonfinite_streak"]
             timer.step_done(data_wait=wait)
             if done == profile_stop:
                 jax.block_until_ready(state)
@@ -253,7 +256,7 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
                                            f"{last_saved if last_saved is not None else first_step} was skipped "
                                            f"(non-finite)")
                     else:
-                        ckpt.save(manager, done, state=state, data_iter=data_iter, config=config)
+                        ckpt.save(manager, done, state=state, data_iter=batches, config=config)
                         last_saved = done
             if preempted:
                 if is_lead:

@@ -1,7 +1,7 @@
 r"""Cuts videos into captioned clips and writes ArrayRecord shards of clip records (schema: ``schema.py``).
 
   python -m stiv_jax.data.build_shards --videos='DIR_OR_GLOB' --captions=FILE.jsonl --out=DIR \
-      [--num_workers=N] [--num_shards=4] [--max_clip_frames=16] [--min_clip_frames=16] [--short_side=80]
+      [--num_workers=N] [--num_shards=4] [--max_clip_frames=16] [--min_clip_frames=16] [--short_side=80] [--keyint=16]
 
 Each video is split at PySceneDetect scene cuts, then into clips of at most ``--max_clip_frames`` frames
 (``--max_clip_seconds``); see ``clips.ClipSpec``. Videos are processed in ``--num_workers`` processes. The same
@@ -167,7 +167,7 @@ def build_shards(*, videos: str, captions: str, out: str, spec: ClipSpec = ClipS
 def spec_from_flags(flag_values) -> ClipSpec:
     return ClipSpec(max_clip_frames=flag_values.max_clip_frames, min_clip_frames=flag_values.min_clip_frames,
                     max_clip_seconds=flag_values.max_clip_seconds, short_side=flag_values.short_side,
-                    scene_threshold=flag_values.scene_threshold)
+                    scene_threshold=flag_values.scene_threshold, keyint=flag_values.keyint)
 
 
 def define_flags() -> None:
@@ -181,6 +181,8 @@ def define_flags() -> None:
     flags.DEFINE_float("max_clip_seconds", ClipSpec.max_clip_seconds, ">0: also cap clips at this duration.")
     flags.DEFINE_integer("short_side", ClipSpec.short_side, "Stored clip short side in pixels (0: keep).")
     flags.DEFINE_float("scene_threshold", ClipSpec.scene_threshold, "PySceneDetect ContentDetector threshold.")
+    flags.DEFINE_integer("keyint", ClipSpec.keyint, "Frames between keyframes of a stored clip, so a temporal crop "
+                         "seeks (0: one keyframe per clip).")
 
 
 def main(argv):

@@ -76,12 +76,31 @@ def resize_crop_plan(height: int, width: int, out_h: int, out_w: int, rng: np.ra
     return (rh, rw), (top, left), scale
 
 
+def crop_window_plan(height: int, width: int, out_h: int, out_w: int, rng: np.random.Generator | None
+                     ) -> tuple[int, int, int, int]:
+    """The source window ``(top, left, height, width)`` that, resized by one scale, covers ``out_h x out_w``;
+    ``rng`` None: center crop.
+
+    Offsets and window sides are even where the source allows, so a 4:2:0 frame is cropped on its chroma grid
+    (``frames.crop_resize_rgb`` then never converts the whole frame).
+    """
+    scale = max(out_h / height, out_w / width)
+    win_h, win_w = min(height, int(round(out_h / scale))), min(width, int(round(out_w / scale)))
+    win_h, win_w = (win_h - win_h % 2) or win_h, (win_w - win_w % 2) or win_w
+    if rng is None:
+        top, left = (height - win_h) // 2, (width - win_w) // 2
+    else:
+        top, left = int(rng.integers(0, height - win_h + 1)), int(rng.integers(0, width - win_w + 1))
+    return top - top % 2, left - left % 2, win_h, win_w
+
+
 class ClipDecoder:
     """Decodes a tagged clip record into a fixed-shape example for its bucket (a grain ``RandomMap`` callable).
 
     Temporal crop: ``bucket.frames`` frames at ``stride`` from a random (or centered) start; PyAV seeks to the
-    start and decodes only up to the last needed frame. Spatial: resize to cover the bucket, random or center
-    crop; the original size and crop offsets are recorded as micro-conditions.
+    keyframe before the start and decodes only what the kept frames need (``video_io.decode_frames``). Spatial:
+    the window that covers the bucket at one scale (random or centered, ``crop_window_plan``) is cropped first,
+    then resized on uint8; the original size and crop offsets are recorded as micro-conditions.
     """
 
     def __init__(self, buckets: Sequence[Bucket], *, stride: int, random_crop: bool, threads: int = 1):
@@ -102,14 +121,13 @@ class ClipDecoder:
             span = available - needed
             start = int(rng.integers(0, span + 1)) if self.random_crop else span // 2
             h, w = int(meta["height"]), int(meta["width"])
-            size, (top, left), scale = resize_crop_plan(h, w, bucket.height, bucket.width,
-                                                        rng if self.random_crop else None)
-            frames = video_io.decode_frames(record["video"], start_frame=start, num_frames=bucket.frames,
-                                            stride=self.stride, size=size, threads=self.threads)
+            window = crop_window_plan(h, w, bucket.height, bucket.width, rng if self.random_crop else None)
+            video = video_io.decode_frames(record["video"], start_frame=start, num_frames=bucket.frames,
+                                           stride=self.stride, crop=window, size=(bucket.height, bucket.width),
+                                           threads=self.threads)
         except (video_io.VideoDecodeError, schema.RecordError, KeyError, TypeError, ValueError) as e:
             return {SKIPPED: f"{name}: {e}"}
-        video = np.ascontiguousarray(frames[:, top:top + bucket.height, left:left + bucket.width])
-        micro = np.array([h, w, top / scale, left / scale, self.stride, bucket.frames], np.float32)
+        micro = np.array([h, w, window[0], window[1], self.stride, bucket.frames], np.float32)
         return dict(video=video, caption=record["caption"], micro_conditions=micro,
                     fps=np.float32(float(meta["fps"]) / self.stride), record_id=np.int32(record_id))
 

@@ -32,7 +32,7 @@ from array_record.python import array_record_module
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
-from stiv_jax.data import schema, video_io
+from stiv_jax.data import decoders, schema, video_io
 from stiv_jax.encoders.latent import build_latent_space
 from stiv_jax.encoders.text import build_text_encoder
 
@@ -75,17 +75,14 @@ def prepare_clip(data: bytes, *, frames: int, frame_stride: int, resolution: int
                                         f"config.data.frames={frames} at frame_stride={frame_stride}")
     start = (available - needed) // 2
     h, w = int(meta["height"]), int(meta["width"])
-    scale = resolution / min(h, w)
-    rh, rw = max(resolution, int(round(h * scale))), max(resolution, int(round(w * scale)))
+    top, left, win_h, win_w = decoders.crop_window_plan(h, w, resolution, resolution, None)
     video = video_io.decode_frames(record["video"], start_frame=start, num_frames=frames, stride=frame_stride,
-                                   size=(rh, rw))
-    top, left = (rh - resolution) // 2, (rw - resolution) // 2
-    video = video[:, top:top + resolution, left:left + resolution]
+                                   crop=(top, left, win_h, win_w), size=(resolution, resolution))
     fps = float(meta["fps"])
     latent_meta = dict(source=meta["source"], start_sec=float(meta["start_sec"]) + start / fps,
                        end_sec=float(meta["start_sec"]) + (start + needed) / fps, fps=fps, num_frames=frames,
                        height=resolution, width=resolution, frame_stride=frame_stride, source_height=h,
-                       source_width=w, crop_top=top / scale, crop_left=left / scale)
+                       source_width=w, crop_top=top, crop_left=left)
     return video, record["caption"], latent_meta
 
 

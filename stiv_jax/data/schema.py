@@ -3,10 +3,12 @@
 Every record is a msgpack map with ``version`` (int) and ``kind`` (str). Readers refuse versions they do not
 know, by name. Three kinds:
 
-**clip** (``CLIP_VERSION`` = 2; version 1, the skeleton's, is still read) - a video clip for pixel training:
-  version  int    2
+**clip** (``CLIP_VERSION`` = 3; versions 1, the skeleton's, and 2 are still read) - a video clip for pixel
+training:
+  version  int    3
   kind     str    "clip"
-  video    bytes  the clip alone as an H.264 mp4 (re-encoded; frame 0 is the clip's first frame)
+  video    bytes  the clip alone as an H.264 mp4 (re-encoded; frame 0 is the clip's first frame; version 3: a
+                  keyframe every ``keyint`` frames)
   caption  str    the text prompt
   meta     map    CLIP_META_FIELDS:
              source        str    input file name (basename)
@@ -19,6 +21,9 @@ know, by name. Three kinds:
              num_frames    int    frames stored
              duration      float  num_frames / fps seconds
              motion_score  float  mean absolute difference of consecutive frames, in [0, 255]
+             keyint        int    frames between keyframes of ``video`` (version 3; read as num_frames, one
+                                  keyframe, for versions 1 and 2): a reader seeking to frame s decodes from
+                                  frame keyint * (s // keyint)
 
 **image** (``IMAGE_VERSION`` = 1) - a still image for text-to-image training:
   kind "image", image (bytes, PNG or JPEG), caption (str), meta {source, width, height}.
@@ -46,13 +51,14 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
-CLIP_VERSION = 2
+CLIP_VERSION = 3
 IMAGE_VERSION = 1
 LATENT_VERSION = 1
 SCHEMA_VERSION = CLIP_VERSION  # the skeleton's name for the clip version
 
 CLIP_META_FIELDS = ("source", "start_sec", "end_sec", "start_frame", "scene_index", "fps", "width", "height",
-                    "num_frames", "duration", "motion_score")
+                    "num_frames", "duration", "motion_score", "keyint")
+CLIP_V2_META_FIELDS = CLIP_META_FIELDS[:-1]
 CLIP_V1_META_FIELDS = ("source", "start_sec", "end_sec", "fps", "width", "height", "num_frames", "duration",
                        "motion_score")
 META_FIELDS = CLIP_META_FIELDS
@@ -97,19 +103,23 @@ def encode_record(*, video: bytes, caption: str, meta: Mapping) -> bytes:
 
 
 def decode_record(data: bytes) -> dict:
-    """Parses a clip record (version 1 or 2) into ``{version, kind, video, caption, meta}``."""
+    """Parses a clip record (version 1, 2 or 3) into ``{version, kind, video, caption, meta}``; older versions'
+    meta gains the fields they lack (``start_frame``, ``scene_index``, ``keyint``) with the values they imply."""
     record = _unpack(data)
     kind = record.get("kind", "clip")
     if kind != "clip":
         raise RecordError(f"expected a clip record, got kind {kind!r}")
     version = record["version"]
-    if version not in (1, CLIP_VERSION):
-        raise RecordError(f"clip record has schema version {version}, this code reads 1 and {CLIP_VERSION}")
+    fields = {1: CLIP_V1_META_FIELDS, 2: CLIP_V2_META_FIELDS, CLIP_VERSION: CLIP_META_FIELDS}
+    if version not in fields:
+        raise RecordError(f"clip record has schema version {version}, this code reads {sorted(fields)}")
     meta = record.get("meta", {})
-    _check_meta(meta, CLIP_META_FIELDS if version == CLIP_VERSION else CLIP_V1_META_FIELDS, "clip")
+    _check_meta(meta, fields[version], "clip")
     if version == 1:
         meta.setdefault("start_frame", int(round(meta["start_sec"] * meta["fps"])))
         meta.setdefault("scene_index", 0)
+    if version < 3:   # the builder's x264 default gave a short clip one keyframe
+        meta.setdefault("keyint", int(meta["num_frames"]))
     record["kind"] = "clip"
     return record
 

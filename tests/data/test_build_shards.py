@@ -182,7 +182,7 @@ def test_an_encode_is_a_pure_function_of_its_frames():
 
 def test_schema_refuses_unknown_versions_and_names_missing_fields():
     meta = dict(source="a.mp4", start_sec=0.0, end_sec=1.0, start_frame=0, scene_index=0, fps=25.0, width=8,
-                height=8, num_frames=25, duration=1.0, motion_score=1.0)
+                height=8, num_frames=25, duration=1.0, motion_score=1.0, keyint=8)
     data = schema.encode_record(video=b"v", caption="c", meta=meta)
     assert schema.decode_record(data)["meta"] == meta
     with pytest.raises(ValueError, match="motion_score"):
@@ -193,6 +193,16 @@ def test_schema_refuses_unknown_versions_and_names_missing_fields():
         schema.decode_record(future)
     with pytest.raises(schema.RecordError):
         schema.decode_record(b"\xc1garbage")
+
+
+def test_version_2_clip_records_still_read_with_one_keyframe_implied():
+    import msgpack
+    meta = dict(source="a.mp4", start_sec=0.0, end_sec=1.0, start_frame=0, scene_index=0, fps=25.0, width=8,
+                height=8, num_frames=25, duration=1.0, motion_score=1.0)
+    old = msgpack.packb({"version": 2, "kind": "clip", "video": b"v", "caption": "c", "meta": meta})
+    assert schema.decode_record(old)["meta"]["keyint"] == 25
+    with pytest.raises(ValueError, match="keyint"):   # version 3 requires it
+        schema.encode_record(video=b"v", caption="c", meta=meta)
 
 
 def test_latent_record_round_trips_shapes_and_dtypes():
