@@ -32,6 +32,7 @@ DEFAULT_LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("head_dim", None),
+    ("lora_rank", None),          # LoRA adapters: the rank axis is small, never sharded
     ("vocab", "tensor"),
     ("layers", None),
     ("norm", None),

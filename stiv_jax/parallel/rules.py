@@ -26,7 +26,8 @@ _BATCH = ("activation_batch", ("data", "fsdp"))
 # tokens' axis, so the fold stays local.
 _BATCH_TOKENS = ("activation_batch_length", ("data", "fsdp"))
 _REPLICATED_ACTIVATIONS = (("activation_frames", None), ("activation_embed", None),
-                           ("activation_text_length", None), ("head_dim", None), ("layers", None), ("norm", None))
+                           ("activation_text_length", None), ("head_dim", None), ("layers", None), ("norm", None),
+                           ("lora_rank", None))
 
 PRESETS: dict[str, Rules] = {
     "fsdp": (_BATCH, _BATCH_TOKENS, ("activation_length", None), ("activation_heads", None),

@@ -18,6 +18,7 @@ from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.sampling import prompts as prompts_lib
 from stiv_jax.sampling.generate import Generator, default_micro_conditions
 from stiv_jax.sampling.long_video import generate_long
+from stiv_jax.training import finetune
 from stiv_jax.training import state as state_lib
 from stiv_jax.training.model_bundle import build_model_bundle
 from stiv_jax.training.optimizer import build_optimizer
@@ -35,7 +36,7 @@ def load_params(workdir: str, *, use_ema: bool = True):
     mesh = mesh_lib.build_mesh(ml_collections.ConfigDict({"ici": {"data": 1}}), jax.devices()[:1])
     rules = mesh_lib.logical_rules(config.mesh)
     abstract, shardings = state_lib.state_shardings(lambda: bundle.init_boxed_params(jax.random.key(0)), tx,
-                                                    mesh, rules)
+                                                    mesh, rules, trainable=finetune.trainable_patterns(config))
     manager = ckpt.make_manager(workdir, async_save=False)
     state = ckpt.restore(manager, abstract_state=abstract, shardings=shardings)
     manager.close()
