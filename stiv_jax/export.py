@@ -43,13 +43,23 @@ def _shards(flat: dict, max_bytes: int) -> list[dict]:
 
 
 def export(workdir: str, out: str, *, dtype: str = "fp32", step: int | None = None, use_ema: bool = True,
-           max_shard_bytes: int = 4 * 1024 ** 3) -> dict:
-    """Exports the (EMA) parameters of ``workdir``'s latest (or ``step``) checkpoint to ``out``; returns a summary."""
+           max_shard_bytes: int = 4 * 1024 ** 3, merge_lora: bool = False) -> dict:
+    """Exports the (EMA) parameters of ``workdir``'s latest (or ``step``) checkpoint to ``out``; returns a summary.
+
+    ``merge_lora``: fold a LoRA run's adapters into their kernels (``stiv_jax.adapters.merge_lora``); the export
+    then has the base architecture (its config has LoRA off).
+    """
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r}; valid: {sorted(DTYPES)}")
     source = transition.open_source("export", workdir, use_ema=use_ema, step=step)
     host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     restored = transition.restore_params(source, {path: host for path in source.shapes})
+    config = source.config
+    if merge_lora:
+        from stiv_jax import adapters
+        if not any(adapters.is_adapter(k) for k in restored):
+            raise ValueError(f"--merge_lora: {workdir} holds no LoRA adapters (config.finetune.lora.rank is 0)")
+        restored, config = adapters.merge_lora(restored, config), adapters.base_config(config)
     flat = {path: jnp.asarray(value).astype(DTYPES[dtype]) for path, value in restored.items()}
     os.makedirs(out, exist_ok=True)
     shards = _shards(flat, max_shard_bytes)
@@ -72,9 +82,9 @@ def export(workdir: str, out: str, *, dtype: str = "fp32", step: int | None = No
     summary = dict(workdir=os.path.abspath(workdir), step=source.step, weights=source.subtree, dtype=dtype,
                    tensors=len(flat), parameters=num_params, files=files)
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump({"config": source.config.to_dict(), "export": summary}, f, indent=1, sort_keys=True)
+        json.dump({"config": config.to_dict(), "export": summary}, f, indent=1, sort_keys=True)
     with open(os.path.join(out, "README.md"), "w") as f:
-        f.write(model_card(source.config, summary))
+        f.write(model_card(config, summary))
     return summary
 
 
@@ -134,8 +144,16 @@ def main(argv):
     del argv
     from absl import flags
     f = flags.FLAGS
+    if f.adapter:
+        from stiv_jax import adapters
+        if f.merge_lora:
+            raise ValueError("--adapter and --merge_lora exclude each other: adapters alone, or merged into the base")
+        summary = adapters.export_adapter(f.workdir, f.out, step=f.step, use_ema=f.ema)
+        print(f"exported {summary['parameters']:,} adapter parameters ({summary['tensors']} tensors, step "
+              f"{summary['step']}, base {summary['base_fingerprint'][:16]}) to {f.out}")
+        return
     summary = export(f.workdir, f.out, dtype=f.dtype, step=f.step, use_ema=f.ema,
-                     max_shard_bytes=int(f.max_shard_gib * 1024 ** 3))
+                     max_shard_bytes=int(f.max_shard_gib * 1024 ** 3), merge_lora=f.merge_lora)
     print(f"exported {summary['parameters'] / 1e6:.1f}M parameters ({summary['tensors']} tensors, "
           f"{summary['dtype']}, step {summary['step']}) to {f.out}: {', '.join(summary['files'])}")
 
@@ -148,5 +166,7 @@ if __name__ == "__main__":
     flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
     flags.DEFINE_bool("ema", True, "Export the EMA weights (else the raw parameters).")
     flags.DEFINE_float("max_shard_gib", 4.0, "Largest safetensors file before splitting.")
+    flags.DEFINE_bool("adapter", False, "Export a LoRA run's adapters alone, with the base's fingerprint.")
+    flags.DEFINE_bool("merge_lora", False, "Fold a LoRA run's adapters into the base kernels (a plain export).")
     flags.mark_flags_as_required(["workdir", "out"])
     app.run(main)

@@ -24,8 +24,17 @@ from stiv_jax.training.model_bundle import build_model_bundle
 from stiv_jax.training.optimizer import build_optimizer
 
 
-def load_params(workdir: str, *, use_ema: bool = True):
-    """``(config, bundle, params)`` of the latest checkpoint in ``workdir`` (or of an export), on one device."""
+def load_params(workdir: str, *, use_ema: bool = True, adapter: str | None = None):
+    """``(config, bundle, params)`` of the latest checkpoint in ``workdir`` (or of an export), on one device.
+
+    ``adapter``: a LoRA adapter export (``stiv_jax.export --adapter``) applied on top of these base weights; it is
+    refused (``AdapterMismatchError``) unless they are the base it was trained on.
+    """
+    if adapter:
+        from stiv_jax import adapters
+        _, _, base = load_params(workdir, use_ema=use_ema)
+        config, params = adapters.apply_adapter(adapter, base)
+        return config, build_model_bundle(config), params
     from stiv_jax import export  # an exported directory (safetensors + config.json) needs no orbax
     if export.is_export(workdir):
         config, params = export.load_exported(workdir)
