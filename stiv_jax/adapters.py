@@ -21,6 +21,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from stiv_jax.stages import surgery, transition
+from stiv_jax.training.finetune import LORA_PATTERN
 
 ADAPTER = "adapter.safetensors"
 FORMAT = "stiv_jax_lora"
@@ -85,11 +86,11 @@ def export_adapter(workdir: str, out: str, *, step: int | None = None, use_ema: 
     would not reproduce it; use ``--merge_lora`` for such runs.
     """
     source = transition.open_source("export", workdir, use_ema=use_ema, step=step)
-    trainable = tuple(source.config.get("finetune", {}).get("trainable", ()) or ())
+    trainable = [p for p in source.config.get("finetune", {}).get("trainable", ()) or () if p != LORA_PATTERN]
     if not any(is_adapter(k) for k in source.shapes):
         raise ValueError(f"{workdir} holds no LoRA adapters (config.finetune.lora.rank is 0); export it whole")
-    if trainable and trainable != (r"/lora_[ab]$",):
-        raise ValueError(f"{workdir} also trains base weights (config.finetune.trainable={list(trainable)}): an "
+    if trainable:
+        raise ValueError(f"{workdir} also trains base weights (config.finetune.trainable={trainable}): an "
                          f"adapter alone would not reproduce it; export with --merge_lora")
     host = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
     flat = {k: np.asarray(v) for k, v in transition.restore_params(source, {p: host for p in source.shapes}).items()}

@@ -2,8 +2,8 @@
 
 ``config.finetune.trainable`` is a tuple of regexes ``re.search``-ed over '/'-joined parameter paths
 (``dit/block_3/temporal_attn/query/kernel``); a parameter trains when any of them matches. Empty means every
-parameter trains, unless LoRA is on (``config.finetune.lora.rank > 0``), where it means the adapters alone
-(``LORA_PATTERN``). Frozen parameters get no gradient, no optimizer state and no update (they stay bit-identical);
+parameter trains, unless LoRA is on (``config.finetune.lora.rank > 0``): the adapters (``LORA_PATTERN``) then
+always train, alone or beside what the patterns name. Frozen parameters get no gradient, no optimizer state and no update (they stay bit-identical);
 the optimizer sees only the trainable leaves (a flat ``{path: leaf}`` dict, ``select``).
 """
 from __future__ import annotations
@@ -29,8 +29,8 @@ def trainable_patterns(config) -> tuple[str, ...] | None:
     finetune = config.get("finetune", None) or {}
     patterns = tuple(finetune.get("trainable", ()) or ())
     lora = finetune.get("lora", None) or {}
-    if not patterns and lora.get("rank", 0):
-        patterns = (LORA_PATTERN,)
+    if lora.get("rank", 0) and LORA_PATTERN not in patterns:   # adapters always train, beside any pattern
+        patterns = patterns + (LORA_PATTERN,)
     for pattern in patterns:
         try:
             re.compile(pattern)
