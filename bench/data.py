@@ -185,7 +185,7 @@ def step_consumption(paper_config: str) -> tuple[float, str]:
     import importlib.util
 
     from stiv_jax.training import flops
-    from stiv_jax.training.model_bundle import build_model_bundle
+    from stiv_jax.model.bundle import build_model_bundle
     path, _, arg = paper_config.partition(":")
     spec = importlib.util.spec_from_file_location("paper_config", path)
     module = importlib.util.module_from_spec(spec)

@@ -168,8 +168,9 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     tx = build_optimizer(config.optim)
     start = time.perf_counter()
     result = FitResult(bucket.name + f" batch {bucket.batch_size}", bucket.batch_size / len(devices), 0.0)
+    from stiv_jax.training import finetune
     abstract, shardings = state_lib.state_shardings(lambda: bundle.init_boxed_params(jax.random.key(0)), tx,
-                                                    mesh, rules)
+                                                    mesh, rules, trainable=finetune.trainable_patterns(config))
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=mesh_lib.batch_sharding(mesh, rules, v.ndim))
              for k, v in batch_specs(config, bucket).items()}
     frozen_boxed = bundle.frozen_boxed_params(batch)   # frozen encoders: step arguments, sharded by their names

@@ -95,20 +95,31 @@ def restore_newest_intact(workdir: str, *, step: int | None, use_ema: bool, log:
 
 
 def export(workdir: str, out: str, *, dtype: str = "fp32", step: int | None = None, use_ema: bool = True,
-           max_shard_bytes: int = 4 * 1024 ** 3, log: Callable[[str], None] = print) -> dict:
+           max_shard_bytes: int = 4 * 1024 ** 3, log: Callable[[str], None] = print,
+           merge_lora: bool = False) -> dict:
     """Exports the (EMA) parameters of ``workdir``'s newest intact (or ``step``) checkpoint to ``out``; returns a
-    summary. ``out`` is replaced whole (see the module doc); a non-empty ``out`` that is no export is refused."""
+    summary. ``out`` is replaced whole (see the module doc); a non-empty ``out`` that is no export is refused.
+
+    ``merge_lora``: fold a LoRA run's adapters into their kernels (``stiv_jax.adapters.merge_lora``); the export
+    then has the base architecture (its config has LoRA off).
+    """
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r}; valid: {sorted(DTYPES)}")
     if os.path.isdir(out) and os.listdir(out) and not is_export(out):
         raise FileExistsError(f"--out={out!r} is a non-empty directory that holds no export; choose another --out")
     source, restored = restore_newest_intact(workdir, step=step, use_ema=use_ema, log=log)
+    config = source.config
+    if merge_lora:
+        from stiv_jax import adapters
+        if not any(adapters.is_adapter(k) for k in restored):
+            raise ValueError(f"--merge_lora: {workdir} holds no LoRA adapters (config.finetune.lora.rank is 0)")
+        restored, config = adapters.merge_lora(restored, config), adapters.base_config(config)
     flat = {path: np.asarray(jnp.asarray(value).astype(DTYPES[dtype])) for path, value in restored.items()}
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=os.path.basename(os.path.abspath(out)) + ".staging-", dir=parent)
     try:
-        summary = _write_export(staging, flat, source=source, workdir=workdir, dtype=dtype,
+        summary = _write_export(staging, flat, source=source, config=config, workdir=workdir, dtype=dtype,
                                 max_shard_bytes=max_shard_bytes)
         _swap_in(staging, out)
     finally:
@@ -116,7 +127,8 @@ def export(workdir: str, out: str, *, dtype: str = "fp32", step: int | None = No
     return summary
 
 
-def _write_export(directory: str, flat: dict, *, source, workdir: str, dtype: str, max_shard_bytes: int) -> dict:
+def _write_export(directory: str, flat: dict, *, source, config, workdir: str, dtype: str,
+                  max_shard_bytes: int) -> dict:
     os.chmod(directory, 0o755)   # mkdtemp makes it 0700
     shards = _shards(flat, max_shard_bytes)
     meta = {"format": "stiv_jax", "step": str(source.step), "weights": source.subtree, "dtype": dtype}
@@ -136,9 +148,9 @@ def _write_export(directory: str, flat: dict, *, source, workdir: str, dtype: st
     summary = dict(workdir=os.path.abspath(workdir), step=source.step, weights=source.subtree, dtype=dtype,
                    tensors=len(flat), parameters=num_params, files=files, sha256=sha256)
     with open(os.path.join(directory, "config.json"), "w") as f:
-        json.dump({"config": source.config.to_dict(), "export": summary}, f, indent=1, sort_keys=True)
+        json.dump({"config": config.to_dict(), "export": summary}, f, indent=1, sort_keys=True)
     with open(os.path.join(directory, "README.md"), "w") as f:
-        f.write(model_card(source.config, summary))
+        f.write(model_card(config, summary))
     return summary
 
 
@@ -227,8 +239,16 @@ def main(argv):
     del argv
     from absl import flags
     f = flags.FLAGS
+    if f.adapter:
+        from stiv_jax import adapters
+        if f.merge_lora:
+            raise ValueError("--adapter and --merge_lora exclude each other: adapters alone, or merged into the base")
+        summary = adapters.export_adapter(f.workdir, f.out, step=f.step, use_ema=f.ema)
+        print(f"exported {summary['parameters']:,} adapter parameters ({summary['tensors']} tensors, step "
+              f"{summary['step']}, base {summary['base_fingerprint'][:16]}) to {f.out}")
+        return
     summary = export(f.workdir, f.out, dtype=f.dtype, step=f.step, use_ema=f.ema,
-                     max_shard_bytes=int(f.max_shard_gib * 1024 ** 3))
+                     max_shard_bytes=int(f.max_shard_gib * 1024 ** 3), merge_lora=f.merge_lora)
     print(f"exported {summary['parameters'] / 1e6:.1f}M parameters ({summary['tensors']} tensors, "
           f"{summary['dtype']}, step {summary['step']}) to {f.out}: {', '.join(summary['files'])}")
 
@@ -241,6 +261,8 @@ if __name__ == "__main__":
     flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
     flags.DEFINE_bool("ema", True, "Export the EMA weights (else the raw parameters).")
     flags.DEFINE_float("max_shard_gib", 4.0, "Largest safetensors file before splitting.")
+    flags.DEFINE_bool("adapter", False, "Export a LoRA run's adapters alone, with the base's fingerprint.")
+    flags.DEFINE_bool("merge_lora", False, "Fold a LoRA run's adapters into the base kernels (a plain export).")
     flags.mark_flags_as_required(["workdir", "out"])
     from stiv_jax.launch import cli
     cli.run(main)

@@ -42,6 +42,7 @@ flags.DEFINE_float("cfg_image", None, "SIT-CFG image scale (default: config.samp
 flags.DEFINE_bool("renorm", None, "CFG-renorm (default: config.sample.renorm).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
 flags.DEFINE_bool("ema", True, "Use the EMA parameters.")
+flags.DEFINE_string("adapter", None, "LoRA adapter export (stiv_jax.export --adapter) applied to --workdir's base.")
 
 
 def main(argv):
@@ -51,7 +52,7 @@ def main(argv):
     if (FLAGS.prompt is None) == (FLAGS.prompt_file is None) and FLAGS.task != "multiview":
         raise app.UsageError("give exactly one of --prompt and --prompt_file")
     compile_cache.enable(workdir=FLAGS.workdir)   # WORKDIR/compile_cache, beside the training run's
-    config, bundle, params = load_params(FLAGS.workdir, use_ema=FLAGS.ema)
+    config, bundle, params = load_params(FLAGS.workdir, use_ema=FLAGS.ema, adapter=FLAGS.adapter)
     null_image = "zero" if FLAGS.task == "multiview" else None   # multi-view CFG: zero latent input view
     guidance = Guidance.from_config(config.sample, mode=FLAGS.guidance, scale=FLAGS.cfg,
                                     image_scale=FLAGS.cfg_image, renorm=FLAGS.renorm, null_image=null_image)

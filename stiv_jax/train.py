@@ -37,6 +37,7 @@ from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.parallel import rules as rules_lib
 from stiv_jax.stages import transition
 from stiv_jax.training import compile_cache
+from stiv_jax.training import finetune
 from stiv_jax.training import flops as flops_lib
 from stiv_jax.training import health
 from stiv_jax.training import metrics as metrics_lib
@@ -140,7 +141,10 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
 
     # ----------------------------------------------------------------- state: init or resume
     boxed_params_fn = lambda: bundle.init_boxed_params(jax.random.key(config.seed))  # noqa: E731
-    abstract, shardings = state_lib.state_shardings(boxed_params_fn, tx, mesh, rules)
+    trainable = finetune.trainable_patterns(config)   # config.finetune: partial fine-tuning / LoRA
+    abstract, shardings = state_lib.state_shardings(boxed_params_fn, tx, mesh, rules, trainable=trainable)
+    if is_lead:
+        print(finetune.describe(abstract.params, trainable))
     fraction = rules_lib.check_parameter_sharding(abstract.params, shardings.params, mesh,
                                                   min_fraction=config.mesh.get("min_sharded_fraction", 0.98))
     with goodput.phase("checkpoint"):   # the newest step that verifies; damaged ones are moved aside, said once
@@ -153,7 +157,7 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
         if is_lead:
             print(f"resumed from step {int(state.step)} in {workdir}")
     else:
-        state, shardings = state_lib.init_state(boxed_params_fn, tx, mesh, rules)
+        state, shardings = state_lib.init_state(boxed_params_fn, tx, mesh, rules, trainable=trainable)
         # Stage transitions: weights from earlier stages' checkpoints (config.init), with a report.
         state = transition.initialize_from_sources(config, state)
     if is_lead:

@@ -25,6 +25,8 @@ KNOWN_UPWARD = {
     ("stiv_jax.sampling.run", "stiv_jax.export"):
         "reading an export (safetensors + config.json) lives in the export entry point; it belongs in "
         "checkpointing/ beside the checkpoint reader",
+    ("stiv_jax.sampling.run", "stiv_jax.adapters"):
+        "applying a LoRA adapter export lives beside the adapter export; the reading half belongs in checkpointing/",
 }
 
 

@@ -97,13 +97,14 @@ class ModelBundle:
             return ids, mask, tuple(jnp.asarray(x) for x in self.encode_text({}, ids, mask))
 
     def velocity(self, params, latents, timesteps, ids, mask, *, text=None, frozen=None, micro_conditions=None,
-                 mask_rng=None):
+                 mask_rng=None, dropout_rng=None):
         """The velocity for latents ``[batch, frames, height, width, channels]`` at ``timesteps`` ``[batch]``.
 
         ``ids``/``mask`` ``[batch, len]``: the prompt tokens, or ``text = (sequence [batch, len, dim], pooled
         [batch, dim])`` precomputed (``ids`` then unused); ``frozen``: frozen encoder weights
         (``frozen_boxed_params``, unboxed). ``micro_conditions`` ``[batch, 6]`` (the batch's; ``default_micro``
-        when None); ``mask_rng``: MaskDiT key (None = no token masking, as in fine-tuning and sampling).
+        when None); ``mask_rng``: MaskDiT key (None = no token masking, as in fine-tuning and sampling);
+        ``dropout_rng``: LoRA dropout key (training only; None = no dropout).
 
         With ``prediction='data'`` the DiT predicts the clean sample and the velocity is derived from it
         (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"): a network narrower than its
@@ -113,7 +114,8 @@ class ModelBundle:
         seq, pooled = self.encode_text(params, ids, mask, frozen) if text is None else text
         micro = self.micro_conditions(latents.shape[0], micro_conditions)
         out = self.dit.apply({"params": params["dit"]}, latents, timesteps=timesteps, text=seq, text_mask=mask,
-                             pooled_text=pooled, micro_conditions=micro, mask_rng=mask_rng)
+                             pooled_text=pooled, micro_conditions=micro, mask_rng=mask_rng,
+                             rngs=None if dropout_rng is None else {"dropout": dropout_rng})
         if self.prediction == "velocity":
             return out
         gap = jnp.maximum(1.0 - timesteps, self.min_time_gap).reshape((-1,) + (1,) * (latents.ndim - 1))
@@ -129,12 +131,25 @@ def default_micro_conditions(config, batch: int, *, frame_stride: float | None =
     return np.tile(row, (batch, 1))
 
 
+def lora_fields(config) -> dict:
+    """``DiTConfig`` LoRA fields from ``config.finetune.lora`` (empty without one, or with rank 0)."""
+    lora = (config.get("finetune", None) or {}).get("lora", None)
+    if not lora or not lora.get("rank", 0):
+        return {}
+    known = {"rank", "alpha", "dropout", "targets"}
+    unknown = sorted(set(lora) - known)
+    if unknown:
+        raise ValueError(f"config.finetune.lora has unknown keys {unknown}; valid keys: {sorted(known)}")
+    return dict(lora_rank=int(lora["rank"]), lora_alpha=float(lora.get("alpha", lora["rank"])),
+                lora_dropout=float(lora.get("dropout", 0.0)), lora_targets=str(lora.get("targets", "")))
+
+
 def build_model_bundle(config) -> ModelBundle:
     """All model pieces from ``config`` (``model``, ``text``, ``latent``, ``data``, ``diffusion`` sections)."""
     latent_space = build_latent_space(config.latent)
     text_encoder = build_text_encoder(config.text)
     model_config = DiTConfig.from_config(dict(config.model, latent_channels=latent_space.channels,
-                                              text_dim=text_encoder.dim))
+                                              text_dim=text_encoder.dim, **lora_fields(config)))
     res = config.data.resolution
     factor = config.latent.factor
     latent_shape = (config.data.frames, res // factor, res // factor, latent_space.channels)

@@ -68,6 +68,11 @@ class DiTConfig:
     splash_block_kv: int = 512
     splash_block_kv_compute: int = 512
     splash_interpret: bool = False  # run the splash kernel in Pallas interpret mode (CPU testing only)
+    # --- LoRA (stiv_jax/model/layers.py; filled from config.finetune.lora by build_model_bundle) ---
+    lora_rank: int = 0              # rank r of the low-rank update W + (alpha / r) A B; 0: no adapters
+    lora_alpha: float = 1.0         # scale numerator: the update is multiplied by lora_alpha / lora_rank
+    lora_dropout: float = 0.0       # dropout on the adapter's input (training only, needs a 'dropout' rng)
+    lora_targets: str = ""          # regex re.search-ed over a projection's module path ('block_3/spatial_attn/query')
     norm_eps: float = 1e-6          # stateless LayerNorm / RMSNorm epsilon (computed in float32)
     dtype: str = "float32"          # compute dtype of matmuls (bfloat16 on TPU)
     param_dtype: str = "float32"    # parameter dtype
@@ -110,6 +115,12 @@ class DiTConfig:
         if self.mask_ratio > 0 and self.decoder_depth < 1:
             raise ValueError("config.model.mask_ratio > 0 needs config.model.decoder_depth >= 1 "
                              "(blocks over all tokens after un-masking)")
+        if self.lora_rank < 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"config.finetune.lora.rank={self.lora_rank} must be >= 0 and dropout="
+                             f"{self.lora_dropout} in [0, 1)")
+        if self.lora_rank and not self.lora_targets:
+            raise ValueError("config.finetune.lora.rank > 0 needs config.finetune.lora.targets (a regex over "
+                             "projection paths such as '(attn|ffn)/')")
         if self.depth < 1 or self.decoder_depth < 0:
             raise ValueError(f"config.model.depth={self.depth} must be >= 1, decoder_depth >= 0")
 

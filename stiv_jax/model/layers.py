@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import flax.linen as nn
 import jax
@@ -38,6 +39,11 @@ class Linear(nn.Module):
 
     The kernel is created at its full ``[*in_dims, *features]`` shape with logical names ``axes``, so it is
     sharded at creation (``nn.DenseGeneral`` creates a flat kernel, which breaks multi-dim annotations).
+
+    LoRA: when ``config.lora_rank > 0`` and ``config.lora_targets`` matches this module's path, the output gains
+    ``(alpha / r) * (dropout(x) A) B`` with ``lora_a`` ``[*in_dims, r]`` (names ``(*in_axes, 'lora_rank')``) and
+    ``lora_b`` ``[r, *features]`` (``('lora_rank', *out_axes)``), so the adapters shard like the kernel they adapt.
+    ``lora_b`` starts at zero: at init the output is exactly the base layer's.
     """
 
     features: tuple[int, ...]
@@ -63,7 +69,28 @@ class Linear(nn.Module):
                                                                    self.axes[self.num_in_dims:]),
                               tuple(self.features), self.config.weight_dtype)
             y = y + bias.astype(dtype)
+        if self.config.lora_rank and re.search(self.config.lora_targets, "/".join(self.scope.path)):
+            y = y + self._lora(x, in_shape, contract)
         return y
+
+    def _lora(self, x, in_shape, contract):
+        """The low-rank update ``(alpha / r) * (dropout(x) A) B`` of this projection."""
+        cfg, rank = self.config, self.config.lora_rank
+        a_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform", in_axis=tuple(range(self.num_in_dims)),
+                                                  out_axis=(self.num_in_dims,))
+        in_axes, out_axes = self.axes[:self.num_in_dims], self.axes[self.num_in_dims:]
+        lora_a = self.param("lora_a", nn.with_logical_partitioning(a_init, in_axes + ("lora_rank",)),
+                            tuple(in_shape) + (rank,), cfg.weight_dtype)
+        lora_b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                   ("lora_rank",) + out_axes),
+                            (rank,) + tuple(self.features), cfg.weight_dtype)
+        if cfg.lora_dropout and self.has_rng("dropout"):   # training only: the train step passes the rng
+            keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.lora_dropout, x.shape)
+            x = jnp.where(keep, x / (1.0 - cfg.lora_dropout), 0).astype(x.dtype)
+        dtype = cfg.compute_dtype
+        h = jax.lax.dot_general(x.astype(dtype), lora_a.astype(dtype), (contract, ((), ())))
+        y = jax.lax.dot_general(h, lora_b.astype(dtype), (((h.ndim - 1,), (0,)), ((), ())))
+        return y * jnp.asarray(cfg.lora_alpha / rank, dtype)
 
 
 def dense(features, *, axes, config: DiTConfig, name: str, zero_init: bool = False, axis=-1):

@@ -35,6 +35,7 @@ DEFAULT_LOGICAL_RULES: Rules = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("head_dim", None),
+    ("lora_rank", None),          # LoRA adapters: the rank axis is small, never sharded
     ("vocab", "tensor"),
     ("layers", None),
     ("norm", None),
@@ -47,7 +48,8 @@ _BATCH = ("activation_batch", ("data", "fsdp"))
 # tokens' axis, so the fold stays local.
 _BATCH_TOKENS = ("activation_batch_length", ("data", "fsdp"))
 _REPLICATED_ACTIVATIONS = (("activation_frames", None), ("activation_embed", None),
-                           ("activation_text_length", None), ("head_dim", None), ("layers", None), ("norm", None))
+                           ("activation_text_length", None), ("head_dim", None), ("layers", None), ("norm", None),
+                           ("lora_rank", None))
 
 PRESETS: dict[str, Rules] = {
     "fsdp": (_BATCH, _BATCH_TOKENS, ("activation_length", None), ("activation_heads", None),

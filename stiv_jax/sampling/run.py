@@ -20,9 +20,18 @@ from stiv_jax.sampling.long_video import generate_long
 from stiv_jax.model.bundle import build_model_bundle
 
 
-def load_params(workdir: str, *, use_ema: bool = True):
+def load_params(workdir: str, *, use_ema: bool = True, adapter: str | None = None):
     """``(config, bundle, params)`` of the newest intact checkpoint in ``workdir`` (or of an export), on one
-    device. Only the parameters are read (EMA or raw), never the optimizer state."""
+    device. Only the parameters are read (EMA or raw), never the optimizer state.
+
+    ``adapter``: a LoRA adapter export (``stiv_jax.export --adapter``) applied on top of these base weights; it is
+    refused (``AdapterMismatchError``) unless they are the base it was trained on.
+    """
+    if adapter:
+        from stiv_jax import adapters
+        _, _, base = load_params(workdir, use_ema=use_ema)
+        config, params = adapters.apply_adapter(adapter, base)
+        return config, build_model_bundle(config), params
     from stiv_jax import export  # an exported directory (safetensors + config.json) needs no orbax
     if export.is_export(workdir):
         config, params = export.load_exported(workdir)

@@ -11,6 +11,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from stiv_jax.parallel import mesh as mesh_lib
+from stiv_jax.training import finetune
 
 
 @flax.struct.dataclass
@@ -25,15 +26,18 @@ class TrainState:
     step: jax.Array
     params: Any            # {'dit': ..., 'text': ...}, trainable, float32
     ema_params: Any        # exponential moving average of ``params``, sharded like them
-    opt_state: Any
+    opt_state: Any         # only for the trainable parameters (``config.finetune``; ``finetune.select``)
     skipped_steps: jax.Array
     nonfinite_streak: jax.Array
 
 
-def create_state(params, tx: optax.GradientTransformation) -> TrainState:
+def create_state(params, tx: optax.GradientTransformation, trainable: tuple[str, ...] | None = None) -> TrainState:
+    """A fresh state; ``trainable``: regexes of the trained parameters (``finetune.trainable_patterns``), None
+    for all. The optimizer state is built over the trainable leaves only."""
     zero = jnp.zeros((), jnp.int32)
+    mask = finetune.trainable_mask(params, trainable)
     return TrainState(step=zero, params=params, ema_params=jax.tree.map(jnp.copy, params),
-                      opt_state=tx.init(params), skipped_steps=zero, nonfinite_streak=zero)
+                      opt_state=tx.init(finetune.select(params, mask)), skipped_steps=zero, nonfinite_streak=zero)
 
 
 class _ParamInfo:
@@ -90,40 +94,47 @@ def opt_state_logical_specs(tx: optax.GradientTransformation, abstract_opt_state
         spec_for, abstract_opt_state, per_leaf_info)
 
 
-def state_logical_specs(boxed_params_fn: Callable[[], Any], tx) -> tuple[TrainState, TrainState, Any]:
+def state_logical_specs(boxed_params_fn: Callable[[], Any], tx, *,
+                        trainable: tuple[str, ...] | None = None) -> tuple[TrainState, TrainState, Any]:
     """``(abstract_state, logical_specs, boxed_abstract_params)`` of the state built from ``boxed_params_fn``."""
     boxed = jax.eval_shape(boxed_params_fn)
     param_specs = nn.get_partition_spec(boxed)
     params = nn.unbox(boxed)
-    abstract = jax.eval_shape(lambda p: create_state(p, tx), params)
-    opt_specs = opt_state_logical_specs(tx, abstract.opt_state, param_specs, params)
+    abstract = jax.eval_shape(lambda p: create_state(p, tx, trainable), params)
+    mask = finetune.trainable_mask(params, trainable)
+    opt_specs = opt_state_logical_specs(tx, abstract.opt_state, finetune.select(param_specs, mask),
+                                        finetune.select(params, mask))
     scalar = PartitionSpec()
     specs = TrainState(step=scalar, params=param_specs, ema_params=param_specs, opt_state=opt_specs,
                        skipped_steps=scalar, nonfinite_streak=scalar)
     return abstract, specs, boxed
 
 
-def state_shardings(boxed_params_fn: Callable[[], Any], tx, mesh, rules) -> tuple[TrainState, TrainState]:
+def state_shardings(boxed_params_fn: Callable[[], Any], tx, mesh, rules, *,
+                    trainable: tuple[str, ...] | None = None) -> tuple[TrainState, TrainState]:
     """Abstract state and its ``NamedSharding``s, derived from the logical names on the parameters.
 
     Args:
       boxed_params_fn: builds the (``nn.LogicallyPartitioned``-boxed) parameter tree; only traced.
       tx: the optimizer.
+      trainable: regexes of the trained parameters (``finetune.trainable_patterns``); None: all.
 
     Returns:
       ``(abstract_state, shardings)``: shape/dtype structs and shardings, both as ``TrainState`` trees.
     """
-    abstract, specs, _ = state_logical_specs(boxed_params_fn, tx)
+    abstract, specs, _ = state_logical_specs(boxed_params_fn, tx, trainable=trainable)
     shardings = jax.tree.map(lambda s: NamedSharding(mesh, nn.logical_to_mesh_axes(s, rules)), specs,
                              is_leaf=lambda x: isinstance(x, PartitionSpec))
     return abstract, shardings
 
 
-def init_state(boxed_params_fn, tx, mesh, rules) -> tuple[TrainState, TrainState]:
+def init_state(boxed_params_fn, tx, mesh, rules, *,
+               trainable: tuple[str, ...] | None = None) -> tuple[TrainState, TrainState]:
     """Initialises the state directly sharded on ``mesh`` (no host-side full copy). Returns (state, shardings)."""
-    _, shardings = state_shardings(boxed_params_fn, tx, mesh, rules)
+    _, shardings = state_shardings(boxed_params_fn, tx, mesh, rules, trainable=trainable)
     with mesh_lib.activate(mesh, rules):
-        state = jax.jit(lambda: create_state(nn.unbox(boxed_params_fn()), tx), out_shardings=shardings)()
+        state = jax.jit(lambda: create_state(nn.unbox(boxed_params_fn()), tx, trainable),
+                        out_shardings=shardings)()
     return state, shardings
 
 

@@ -8,6 +8,7 @@ import optax  # noqa: F401  (type of ``tx``)
 
 from stiv_jax.diffusion import flow, tasks
 from stiv_jax.model import maskdit
+from stiv_jax.training import finetune
 from stiv_jax.training import update as update_lib
 from stiv_jax.model.bundle import ModelBundle
 from stiv_jax.training.optimizer import learning_rate_schedule
@@ -55,6 +56,7 @@ def make_loss_fn(config, bundle: ModelBundle):
     shift = flow.timestep_shift(diffusion, bundle.latent_shape)
     mask_ratio = float(config.model.get("mask_ratio", 0.0))
     patch = bundle.dit.config.patch_size
+    lora_dropout = bundle.dit.config.lora_rank > 0 and bundle.dit.config.lora_dropout > 0
 
     def loss_fn(params, batch, rng, frozen=None):
         rng_t, rng_noise, rng_task, rng_mask = jax.random.split(rng, 4)
@@ -82,7 +84,8 @@ def make_loss_fn(config, bundle: ModelBundle):
             keep = jnp.repeat(jnp.repeat(keep, patch, axis=1), patch, axis=2)
             loss_mask = loss_mask[:, :, None, None] * keep[:, None].astype(jnp.float32)
         velocity = bundle.velocity(params, x_in, t, ids, mask, micro_conditions=micro,
-                                   mask_rng=rng_mask if mask_ratio > 0 else None, text=text, frozen=frozen)
+                                   mask_rng=rng_mask if mask_ratio > 0 else None, text=text, frozen=frozen,
+                                   dropout_rng=jax.random.fold_in(rng, 7) if lora_dropout else None)
         return flow.flow_matching_loss(velocity, x1, noise, loss_mask)
 
     return loss_fn
@@ -99,11 +102,18 @@ def make_train_step(config, bundle: ModelBundle, tx: optax.GradientTransformatio
     schedule = learning_rate_schedule(config.optim)
     num_micro = int(config.optim.get("grad_accum_steps", 1) or 1)
 
+    patterns = finetune.trainable_patterns(config)
+
     def train_step(state: TrainState, batch: dict, frozen: dict):
         rng = jax.random.fold_in(jax.random.key(config.seed), state.step)
-        loss, grads = update_lib.accumulated_loss_and_grads(lambda p, b, r: loss_fn(p, b, r, frozen), state.params,
-                                                            batch, rng, num_micro)
-        new_state, metrics = update_lib.guarded_update(state, loss, grads, tx, ema_decay=config.optim.ema_decay)
+        # Only the trainable leaves (config.finetune) are differentiated; frozen ones enter as constants.
+        mask = finetune.trainable_mask(state.params, patterns)
+        full = lambda trained: finetune.merge(mask, trained, state.params)  # noqa: E731
+        loss, grads = update_lib.accumulated_loss_and_grads(lambda p, b, r: loss_fn(full(p), b, r, frozen),
+                                                            finetune.select(state.params, mask), batch, rng,
+                                                            num_micro)
+        new_state, metrics = update_lib.guarded_update(state, loss, grads, tx, ema_decay=config.optim.ema_decay,
+                                                       mask=mask)
         metrics["learning_rate"] = schedule(state.step - state.skipped_steps)
         return new_state, metrics
 

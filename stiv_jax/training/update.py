@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from stiv_jax.parallel.mesh import shard_logical
+from stiv_jax.training import finetune
 from stiv_jax.training.state import TrainState
 
 LossFn = Callable[[Any, dict, jax.Array], jax.Array]
@@ -58,19 +59,26 @@ def accumulated_loss_and_grads(loss_fn: LossFn, params, batch: dict, rng: jax.Ar
 
 
 def guarded_update(state: TrainState, loss: jax.Array, grads, tx: optax.GradientTransformation, *,
-                   ema_decay: float) -> tuple[TrainState, dict]:
+                   ema_decay: float, mask=None) -> tuple[TrainState, dict]:
     """Applies ``grads`` unless the loss, the gradients or the update itself (a NaN learning rate, an optimizer
     statistic overflowing) are NaN/Inf, in which case the update is skipped.
+
+    ``mask``: the trainable-parameter tree (``finetune.trainable_mask``); ``grads`` then holds the trainable
+    leaves only (``finetune.select``) and frozen parameters and their EMA are passed through untouched.
 
     A skipped step leaves parameters, EMA and optimizer state untouched, advances ``step`` (the batch is
     consumed), and bumps ``skipped_steps`` and ``nonfinite_streak``; an applied step resets the streak.
     """
     grad_norm = optax.tree.norm(grads)
-    updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
+    trained = finetune.select(state.params, mask)
+    updates, new_opt_state = tx.update(grads, state.opt_state, trained)
     update_norm = optax.tree.norm(updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
-    new_params = optax.apply_updates(state.params, updates)
-    new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema_params, new_params)
+    new_trained = optax.apply_updates(trained, updates)
+    new_params = finetune.merge(mask, new_trained, state.params)
+    new_ema = finetune.merge(mask, jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
+                                                finetune.select(state.ema_params, mask), new_trained),
+                             state.ema_params)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
     skipped = (~finite).astype(jnp.int32)
     new_state = state.replace(

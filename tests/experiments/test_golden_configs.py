@@ -14,10 +14,10 @@ from experiments import common
 from stiv_jax.model.config import DiTConfig
 
 STAGES = ("t2i_256", "t2i_512", "t2v_256", "t2v_512", "t2v_256_40f", "stiv_256", "stiv_512", "stiv_jit_512",
-          "video_prediction", "temporal_upsampler", "multiview", "long_video")
+          "video_prediction", "temporal_upsampler", "multiview", "long_video", "sft_256", "sft_512")
 VARIANTS = ("size=XL", "size=XXL", "size=M", "runlocal")
 UNMASKED = "size=M,unmasked"   # the unmasked fine-tune of every MaskDiT stage (multiview trains unmasked)
-MASKED_STAGES = tuple(s for s in STAGES if s != "multiview")
+MASKED_STAGES = tuple(s for s in STAGES if s != "multiview" and not s.startswith("sft"))
 GOLDEN_DIR = os.path.join(REPO_ROOT, "tests", "experiments", "golden")
 
 
@@ -30,7 +30,7 @@ def golden_name(stage, arg):
 
 
 def variants(stage):
-    v5e = ("size=M,tpu=v5e",) if stage in ("t2v_512", "stiv_512", "stiv_jit_512") else ()
+    v5e = ("size=M,tpu=v5e",) if stage in ("t2v_512", "stiv_512", "stiv_jit_512", "sft_512") else ()
     return VARIANTS + ((UNMASKED,) if stage in MASKED_STAGES else ()) + v5e
 
 

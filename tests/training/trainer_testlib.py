@@ -68,8 +68,9 @@ def build_run(config, devices=None):
     mesh, rules = mesh_for(config, devices)
     bundle = build_model_bundle(config)
     tx = build_optimizer(config.optim)
+    from stiv_jax.training import finetune
     state, shardings = state_lib.init_state(lambda: bundle.init_boxed_params(jax.random.key(config.seed)), tx,
-                                            mesh, rules)
+                                            mesh, rules, trainable=finetune.trainable_patterns(config))
     batch = mesh_lib.host_to_global_batch(synthetic_batch(config), mesh, rules)
     frozen, _ = state_lib.place_frozen(bundle.frozen_boxed_params(batch), mesh, rules)
     compiled, activation_lines = compile_train_step(config, bundle, tx, state=state, batch=batch, frozen=frozen,
