@@ -10,6 +10,7 @@ import pytest
 from stiv_jax.model import maskdit
 from stiv_jax.model.config import DiTConfig
 from stiv_jax.model.dit import STIVDiT, stack_block_params
+from numerics import assert_close
 
 BASE = dict(size="tiny", depth=2, decoder_depth=1, latent_channels=4, text_dim=16)  # width 64, 4 heads
 
@@ -76,7 +77,8 @@ def test_t2v_with_zero_init_temporal_output_reproduces_t2i_frame_by_frame():
     per_frame["latents"] = inputs["latents"].reshape(b * f, 1, *inputs["latents"].shape[2:])
     image_out = forward(t2i_config)(t2i_params, per_frame).reshape(video_out.shape)
     assert float(jnp.abs(image_out).mean()) > 1e-2
-    np.testing.assert_allclose(video_out, image_out, rtol=1e-4, atol=1e-5)
+    # The same per-frame computation batched differently (zero temporal branch): a few eps per block.
+    assert_close(video_out, image_out, ulps=256)
     # Once the temporal output projection is non-zero, frames interact and the equality breaks.
     trained = jax.tree.map(lambda x: x, t2v_params)
     out_proj = trained["block_0"]["temporal_attn"]["out"]
@@ -90,7 +92,7 @@ def test_maskdit_ratio_zero_equals_unmasked(base):
     config, params, inputs, unmasked = base
     # Ratio 0 still runs the gather / un-mask path with the tokens in random order: RoPE must follow each token.
     shuffled = forward(config)(params, inputs, jax.random.key(7))
-    np.testing.assert_allclose(shuffled, unmasked, rtol=1e-4, atol=1e-5)
+    assert_close(shuffled, unmasked, ulps=256)   # tokens summed in another order in every attention
     masked = forward(dataclasses.replace(config, mask_ratio=0.5))(params, inputs, jax.random.key(7))
     assert masked.shape == unmasked.shape and np.all(np.isfinite(masked))
     assert not np.allclose(masked, unmasked, atol=1e-3)
@@ -123,7 +125,7 @@ def test_scanned_with_remat_equals_unscanned_with_the_same_weights(base):
     scanned_config = dataclasses.replace(config, scan_layers=True, remat_policy="self_attention")
     scanned_params = stack_block_params(stack_block_params(params, name="block"), name="decoder_block")
     assert scanned_params["blocks"]["ffn"]["wi"]["kernel"].shape == (2, 64, 256)
-    np.testing.assert_allclose(forward(scanned_config)(scanned_params, inputs), unscanned, rtol=1e-5, atol=1e-6)
+    assert_close(forward(scanned_config)(scanned_params, inputs), unscanned, ulps=64)
     # The scanned parameters carry the `layers` logical axis first.
     boxed = jax.eval_shape(STIVDiT(scanned_config).init, jax.random.key(0), **inputs)["params"]
     assert boxed["blocks"]["ffn"]["wi"]["kernel"].names == ("layers", "embed", "mlp")
@@ -150,7 +152,7 @@ def test_causal_temporal_attention_sees_only_past_frames(base):
     out = run(params, inputs)
     late = run(params, dict(inputs, latents=inputs["latents"].at[:, 3].add(1.0)))
     early = run(params, dict(inputs, latents=inputs["latents"].at[:, 0].add(1.0)))
-    np.testing.assert_allclose(late[:, :3], out[:, :3], rtol=1e-5, atol=1e-6)   # the future is invisible
+    assert_close(late[:, :3], out[:, :3], ulps=64)                               # the future is invisible
     assert not np.allclose(early[:, 3], out[:, 3], atol=1e-4)                    # the past is seen
 
 
@@ -161,7 +163,7 @@ def test_full_3d_attention_mixes_frames_and_masks_with_3d_positions():
     assert "temporal_attn" not in params["block_0"] and "full_attn" in params["block_0"]
     run = forward(config)
     out = run(params, inputs)
-    np.testing.assert_allclose(run(params, inputs, jax.random.key(5)), out, rtol=1e-4, atol=1e-5)
+    assert_close(run(params, inputs, jax.random.key(5)), out, ulps=256)
     moved = run(params, dict(inputs, latents=inputs["latents"].at[:, 3].add(1.0)))
     assert not np.allclose(moved[:, 0], out[:, 0], atol=1e-4)
 
@@ -188,4 +190,4 @@ def test_forward_sharded_over_fsdp_context_tensor_matches_unsharded(base):
     assert tuple(sharded["block_0"]["ffn"]["wi"]["kernel"].sharding.spec) == ("fsdp", "tensor")
     with mesh_lib.activate(mesh, rules):
         out = forward(config)(sharded, inputs)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+    assert_close(out, expected, ulps=256)   # every reduction split over fsdp x context x tensor

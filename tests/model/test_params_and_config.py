@@ -13,6 +13,7 @@ from stiv_jax import summary
 from stiv_jax.model import attention_kernels
 from stiv_jax.model.config import DiTConfig
 from stiv_jax.model.sizes import PAPER_LABELS
+from numerics import assert_close
 
 PAPER = dict(latent_channels=8, text_dim=1280, temporal_patch=2)   # spec: 8-ch VAE, CLIP-bigG 1280, t-patch 2
 
@@ -95,13 +96,14 @@ def test_attention_implementations_agree_and_empty_rows_are_zero(causal):
         config = DiTConfig.from_config(dict(size="tiny", attention_impl=impl))
         outs[impl] = jax.jit(lambda q, k, v, m, c=config: attention_kernels.attention(
             q, k, v, kv_mask=m, causal=causal, config=c))(q, k, v, mask)
-    np.testing.assert_allclose(outs["dot_product"], outs["xla"], rtol=1e-5, atol=1e-5)
+    # One softmax-weighted sum in another kernel's order: a few eps of the output's scale.
+    assert_close(outs["dot_product"], outs["xla"], ulps=32)
     np.testing.assert_array_equal(outs["xla"][1], 0.0)          # the empty prompt attends to nothing
     # Padded keys are ignored: changing them changes nothing.
     v_pad = v.at[0, 10:].add(5.0)
     config = DiTConfig.from_config(dict(size="tiny"))
     again = attention_kernels.attention(q, k, v_pad, kv_mask=mask, causal=causal, config=config)
-    np.testing.assert_allclose(again[0], outs["xla"][0], rtol=1e-5, atol=1e-5)
+    assert_close(again[0], outs["xla"][0], ulps=32)
 
 
 def test_splash_attention_off_tpu_is_a_clear_error():
@@ -133,7 +135,8 @@ def test_splash_attention_kernel_in_interpret_mode_matches_xla_under_a_mesh():
     with mesh_lib.activate(mesh_lib.build_mesh(mesh_config), mesh_lib.logical_rules(mesh_config)):
         out = jax.jit(lambda q, k, v, m: attention_kernels.attention(q, k, v, kv_mask=m, config=config))(
             q, k, v, mask)
-    np.testing.assert_allclose(out, attention_kernels.xla_attention(q, k, v, kv_mask=mask), rtol=1e-4, atol=1e-5)
+    # Blockwise online softmax (2 kv blocks) vs one softmax: rescaling adds a few eps per block.
+    assert_close(out, attention_kernels.xla_attention(q, k, v, kv_mask=mask), ulps=64)
     assert out.sharding.spec[0] == "data"     # batch stays sharded through the kernel
 
 

@@ -15,6 +15,7 @@ from stiv_jax.sampling.run import load_params
 from stiv_jax.stages import surgery
 from stiv_jax.model.bundle import build_model_bundle
 from test_transitions import local_config, perturbed, save_stage, velocity
+from numerics import assert_close
 
 
 def _run(*args):
@@ -77,8 +78,8 @@ def test_merged_export_equals_base_plus_adapter(tmp_path, lora_run):
     assert not any(adapters.is_adapter(k) for k in surgery.flatten(merged))
     merged_bundle = build_model_bundle(merged_config)
     latents = jax.random.normal(jax.random.key(1), (2,) + bundle.latent_shape)
-    np.testing.assert_allclose(velocity(merged_bundle, merged, latents), velocity(bundle, params, latents),
-                               rtol=1e-4, atol=1e-4)
+    # W + (alpha / r) A B folded once vs applied as two matmuls in every layer: rounding of each kernel's scale.
+    assert_close(velocity(merged_bundle, merged, latents), velocity(bundle, params, latents), ulps=1024)
 
 
 def test_adapter_export_of_a_run_without_adapters_is_refused(tmp_path, lora_run):

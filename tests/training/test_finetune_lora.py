@@ -9,6 +9,7 @@ import pytest
 from trainer_testlib import build_run, mesh_for, synthetic_batch, tiny_config
 
 from stiv_jax.training import finetune
+from numerics import assert_close
 
 LORA = dict(rank=4, alpha=8.0, dropout=0.0, targets=r"(attn|ffn)/")
 
@@ -53,7 +54,7 @@ def test_lora_at_init_gives_exactly_the_base_output():
     # differently, which reorders float sums (a few ulp).
     np.testing.assert_array_equal(velocity(lora_bundle, merged, jit=False), velocity(base, base_params, jit=False))
     want = velocity(base, base_params)
-    np.testing.assert_allclose(velocity(lora_bundle, merged), want, rtol=0, atol=1e-5)
+    assert_close(velocity(lora_bundle, merged), want, ulps=256)   # a whole DiT fused another way
     moved = {k: (v + 0.05 if k.endswith("lora_b") else v) for k, v in flat(merged).items()}
     assert np.abs(velocity(lora_bundle, surgery.unflatten(moved)) - want).max() > 1e-4
 

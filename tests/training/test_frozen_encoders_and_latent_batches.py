@@ -15,6 +15,7 @@ from stiv_jax.training import state as state_lib
 from stiv_jax.model.bundle import build_model_bundle
 from stiv_jax.training.step import make_loss_fn, pixels_to_unit
 from trainer_testlib import synthetic_batch, tiny_config
+from numerics import assert_close, assert_trees_close
 
 
 def _config():
@@ -70,6 +71,7 @@ def test_precomputed_latent_batch_gives_the_pixel_batch_loss_and_gradients(pixel
     assert bundle.frozen_boxed_params(latent) == {}   # nothing frozen left for the step to carry
     loss_pixels, grads_pixels = compiled(params, pixel, frozen)
     loss_latents, grads_latents = grad(params, latent, {})
-    np.testing.assert_allclose(loss_latents, loss_pixels, rtol=2e-3)
-    for g, r in zip(jax.tree.leaves(grads_latents), jax.tree.leaves(grads_pixels)):
-        np.testing.assert_allclose(g, r, rtol=2e-2, atol=2e-4)
+    # The text embeddings went through float16 storage: the difference is bounded by float16 rounding (eps
+    # 9.8e-4, half of it per element) of an input carried through the network (measured 0.04 of it).
+    assert_close(loss_latents, loss_pixels, ulps=1, precision=np.float16, what="loss")
+    assert_trees_close(grads_latents, grads_pixels, ulps=2, precision=np.float16, what="grads")

@@ -2,7 +2,8 @@
 import jax
 import pytest
 
-from trainer_testlib import assert_trees_close, run_steps, tiny_config
+from numerics import assert_close, assert_trees_close
+from trainer_testlib import run_steps, tiny_config
 
 MESHES = {
     "fsdp": dict(data=2, fsdp=4, context=1, tensor=1),
@@ -24,9 +25,11 @@ def test_preset_run_on_8_devices_matches_single_device(preset, single_device_run
     config.mesh.ici = MESHES[preset]
     state, metrics, activation_lines = run_steps(config, 2)
     ref_state, ref_metrics, _ = single_device_run
-    assert abs(float(metrics["loss"]) - float(ref_metrics["loss"])) < 1e-4
-    assert_trees_close(state.params, ref_state.params, rtol=2e-4, atol=2e-5, what=f"{preset} params")
-    assert_trees_close(state.opt_state, ref_state.opt_state, rtol=2e-3, atol=1e-6, what=f"{preset} opt")
+    # Two steps of forward, backward (reductions split over devices in another order) and AdaFactor: each adds a
+    # few eps of each tensor's scale; measured about 4 on AMD EPYC at full and at AVX-only ISA. 64 = 16x margin.
+    assert_close(metrics["loss"], ref_metrics["loss"], ulps=64, what="loss")
+    assert_trees_close(state.params, ref_state.params, ulps=64, what=f"{preset} params")
+    assert_trees_close(state.opt_state, ref_state.opt_state, ulps=64, what=f"{preset} opt")
     # The debug_sharding dump: every parameter and traced activation constraint with logical + physical specs.
     from stiv_jax.parallel import mesh as mesh_lib, rules as rules_lib
     from stiv_jax.model.bundle import build_model_bundle
@@ -39,4 +42,4 @@ def test_preset_run_on_8_devices_matches_single_device(preset, single_device_run
     assert activation_lines and all("physical=" in line for line in activation_lines)
     if preset == "fsdp_context":
         assert any("'activation_length'" in line and "'context'" in line for line in activation_lines)
-    assert_trees_close(state.ema_params, ref_state.ema_params, rtol=2e-4, atol=2e-5, what=f"{preset} ema")
+    assert_trees_close(state.ema_params, ref_state.ema_params, ulps=64, what=f"{preset} ema")

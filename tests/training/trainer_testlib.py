@@ -89,13 +89,6 @@ def run_steps(config, num_steps: int, devices=None):
     return jax.device_get(state), jax.device_get(metrics), activation_lines
 
 
-def assert_trees_close(a, b, rtol, atol, what=""):
-    paths = jax.tree_util.tree_flatten_with_path(a)[0]
-    for (path, x), y in zip(paths, jax.tree.leaves(b)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
-                                   err_msg=f"{what}{jax.tree_util.keystr(path)}")
-
-
 def assert_trees_equal(a, b, what=""):
     paths = jax.tree_util.tree_flatten_with_path(a)[0]
     for (path, x), y in zip(paths, jax.tree.leaves(b)):
