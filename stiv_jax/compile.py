@@ -138,6 +138,7 @@ class FitResult:
     code_bytes: int = 0
     flops: float = 0.0
     error: str = ""              # compile failure (e.g. CompileTimeHbmOom)
+    hlo_text: str = dataclasses.field(default="", repr=False)  # optimized per-chip HLO (for the roofline)
 
     @property
     def peak_bytes(self) -> int:
@@ -198,6 +199,7 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     result.flops = float((cost or {}).get("flops", 0.0))
+    result.hlo_text = compiled.as_text()
     return result
 
 
@@ -209,7 +211,7 @@ def buckets_of(config) -> list:
     return video_buckets(config.data)
 
 
-def fit_check(config, topology: Topology, *, num_slices: int = 1, log=print) -> list[FitResult]:
+def fit_check(config, topology: Topology, *, num_slices: int = 1, hlo_dir: str = "", log=print) -> list[FitResult]:
     """Compiles every bucket of ``config`` for ``topology`` and logs a per-chip table with verdicts."""
     devices = topology_devices(topology, num_slices)
     if num_slices > 1 and not config.mesh.get("dcn", None):
@@ -224,6 +226,12 @@ def fit_check(config, topology: Topology, *, num_slices: int = 1, log=print) -> 
     for bucket in buckets_of(config):
         result = compile_bucket(config.copy_and_resolve_references(), devices, bucket)
         results.append(result)
+        if hlo_dir and result.hlo_text:
+            os.makedirs(hlo_dir, exist_ok=True)
+            path = os.path.join(hlo_dir, f"{bucket.name}_b{bucket.batch_size}.hlo.txt")
+            with open(path, "w") as f:
+                f.write(result.hlo_text)
+            log(f"  optimized HLO written to {path}")
         log(format_result(result, hbm, scanned=bool(config.model.get("scan_layers", False))))
     return results
 
@@ -248,7 +256,7 @@ def main(argv):
         topology = parse_topology(f.topology, f.hbm_gib)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    results = fit_check(f.config, topology, num_slices=f.num_slices)
+    results = fit_check(f.config, topology, num_slices=f.num_slices, hlo_dir=f.hlo_dir)
     hbm = topology.hbm_bytes
     sys.exit(0 if all(r.fits(hbm) is not False for r in results) else 1)
 
@@ -273,5 +281,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("topology", None, "Slice: v5p-256, v5e-256, v4-128, v6e-64 ... or cpu-N.")
     flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multi-slice).")
     flags.DEFINE_float("hbm_gib", None, "HBM per chip for the verdict (default: the chip's published size).")
+    flags.DEFINE_string("hlo_dir", "", "Write each bucket's optimized per-chip HLO here (re-read by the roofline).")
     flags.mark_flags_as_required(["config", "topology"])
     app.run(main)
