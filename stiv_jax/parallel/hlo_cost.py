@@ -263,16 +263,43 @@ def _dot_flops(inst: Instruction, shapes: dict[str, str]) -> float:
     return 2.0 * math.prod(out[0][1]) * contracted
 
 
+def _window_taps(*, size: int, stride: int, pad_lo: int, lhs_dilate: int, rhs_dilate: int, in_size: int,
+                 out_size: int) -> float:
+    """Mean number of window positions that land on a real (not padded, not dilation-hole) input element."""
+    import numpy as np
+    pos = (np.arange(out_size)[:, None] * stride + np.arange(size)[None, :] * rhs_dilate - pad_lo)
+    real = (pos >= 0) & (pos <= (in_size - 1) * lhs_dilate) & (pos % lhs_dilate == 0)
+    return float(real.sum()) / max(out_size, 1)
+
+
 def _conv_flops(inst: Instruction, shapes: dict[str, str]) -> float:
-    out, rhs = shapes_of(inst.type_text), shapes_of(shapes.get(inst.operands[1], ""))
-    labels = re.search(r"dim_labels=\w+_(\w+)->\w+", inst.attrs)
-    if not out or not rhs or not labels:
+    """2 x output elements x input features x real window taps. TPU programs write matmuls as convolutions whose
+    windows span padded or dilated dimensions (a batch or heads axis as a window): only the taps that meet a real
+    input element are multiply-adds, so they are counted per window dimension (``_window_taps``)."""
+    out, lhs = shapes_of(inst.type_text), shapes_of(shapes.get(inst.operands[0], ""))
+    rhs = shapes_of(shapes.get(inst.operands[1], ""))
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", inst.attrs)
+    if not out or not lhs or not rhs or not labels or "i" not in labels.group(2):
         return 0.0
-    kernel = rhs[0][1]
-    out_features = kernel[labels.group(1).index("o")] if "o" in labels.group(1) else 1
-    groups = re.search(r"feature_group_count=(\d+)", inst.attrs)
-    del groups  # grouped: the kernel's input-feature dim is already per group
-    return 2.0 * math.prod(out[0][1]) * math.prod(kernel) / max(out_features, 1)
+    lhs_labels, rhs_labels, out_labels = labels.groups()
+    in_features = rhs[0][1][rhs_labels.index("i")]
+    window = re.search(r"window=\{([^}]*)\}", inst.attrs)
+    taps = 1.0
+    if window:
+        def field(name, default):
+            match = re.search(rf"\b{name}=([0-9_x]+)", window.group(1))
+            return match.group(1).split("x") if match else default
+        sizes = [int(x) for x in field("size", [])]
+        n = len(sizes)
+        strides = [int(x) for x in field("stride", ["1"] * n)]
+        pads = [int(x.split("_")[0]) for x in field("pad", ["0_0"] * n)]
+        lhs_d = [int(x) for x in field("lhs_dilate", ["1"] * n)]
+        rhs_d = [int(x) for x in field("rhs_dilate", ["1"] * n)]
+        for k in range(n):
+            taps *= _window_taps(size=sizes[k], stride=strides[k], pad_lo=pads[k], lhs_dilate=lhs_d[k],
+                                 rhs_dilate=rhs_d[k], in_size=lhs[0][1][lhs_labels.index(str(k))],
+                                 out_size=out[0][1][out_labels.index(str(k))])
+    return 2.0 * math.prod(out[0][1]) * in_features * taps
 
 
 def _custom_call_flops(inst: Instruction, shapes: dict[str, str]) -> float | None:
