@@ -3,7 +3,8 @@ r"""Measured step time, TFLOP/s and MFU of the real train step on one accelerato
   # GPU (H100/H200): XL at 256x256x20, MaskDiT 50%, paper remat, bf16, AdaFactor, EMA; batch 1, 2, 4 ... until OOM
   python bench/mfu.py --write
   # CPU smoke run at a tiny size (what the test suite runs)
-  JAX_PLATFORMS=cpu python bench/mfu.py --size=tiny --resolution=32 --frames=4 --batches=1,2 --steps=2 --warmup=1
+  JAX_PLATFORMS=cpu python bench/mfu.py --size=tiny --resolution=32 --frames=4 --batches=1,2 --steps=2 --warmup=1 \
+      --dtype=float32
 
 For every (XLA flag set, attention implementation, remat policy, batch per device) it compiles the train step of
 ``experiments/t2v_256.py`` (``stiv_jax.training.step``, the same code as training) on one device, runs
@@ -41,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--size", default="XL", help="model size (Tab. 1): XL, XXL, M, tiny")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--frames", type=int, default=20)
+    p.add_argument("--dtype", default="", help="compute dtype override (CPU smoke runs: float32; XLA's CPU "
+                                               "compile of bf16 steps takes minutes); default: the config's bf16")
     p.add_argument("--batches", default="auto", help="batch sizes per device, e.g. 1,2,4, or auto (until OOM)")
     p.add_argument("--max_batch", type=int, default=64, help="auto: stop doubling here")
     p.add_argument("--attention", default="auto", help="comma list of xla,cudnn,splash; auto: what the backend runs")
@@ -71,6 +74,8 @@ def stage_config(args, *, attention: str, remat: str, batch: int):
         config.model.attention_impl, config.model.remat_policy = ATTENTION[attention], remat
         config.mesh.ici, config.mesh.dcn, config.mesh.rules = dict(data=1, fsdp=1, context=1, tensor=1), {}, "fsdp"
         config.health.hang_timeout_s = 0.0
+        if args.dtype:
+            config.model.dtype = args.dtype
     return config
 
 

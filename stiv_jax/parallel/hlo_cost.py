@@ -302,12 +302,24 @@ def _conv_flops(inst: Instruction, shapes: dict[str, str]) -> float:
     return 2.0 * math.prod(out[0][1]) * in_features * taps
 
 
+# Pallas splash / flash attention kernels by instruction name: matmuls of [Sq, D] x [D, Skv] size per head.
+# Forward: scores and values (2); dq: scores, dP, dQ (3); dkv: scores, dP, dV, dK (4).
+_ATTENTION_KERNELS = (("_dkv", 4), ("_dq", 3), ("_fwd", 2))
+
+
 def _custom_call_flops(inst: Instruction, shapes: dict[str, str]) -> float | None:
     target = re.search(r'custom_call_target="([^"]+)"', inst.attrs)
     target = target.group(1) if target else ""
     estimate = re.search(r'"flops"\s*:\s*"?(\d+)', inst.attrs)
     if estimate:                                   # Pallas/Mosaic kernels carry their own cost_estimate
         return float(estimate.group(1))
+    if target == "tpu_custom_call" and ("splash" in inst.name or "flash" in inst.name):
+        tensors = [shapes_of(shapes.get(o, "")) for o in inst.operands]
+        qkv = [t[0][1] for t in tensors if t and len(t[0][1]) == 4 and t[0][0] in ("bf16", "f32", "f16")]
+        matmuls = next((n for key, n in _ATTENTION_KERNELS if key in inst.name), None)
+        if len(qkv) >= 2 and matmuls:
+            (b, h, sq, d), skv = qkv[0], qkv[1][2]       # [batch, heads, length, head_dim]
+            return 2.0 * matmuls * b * h * sq * skv * d
     if "fmha" in target.lower() or "dotproductattention" in target.lower().replace("_", ""):
         q, k = shapes_of(shapes.get(inst.operands[0], "")), shapes_of(shapes.get(inst.operands[1], ""))
         if q and k:

@@ -132,3 +132,20 @@ def test_roofline_cli_reads_a_saved_hlo(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "roofline TPU v5p: compute" in out and "loops wx5" in out
     assert roofline.main([f"--hlo={path}", "--chip=tpu-v9", "--chips=8"]) == 2
+
+
+def test_splash_attention_kernels_count_their_matmuls():
+    q = "bf16[2,4,256,64]{3,2,1,0}"
+    module = f"""HloModule k
+
+ENTRY %main (q: {q}, k: {q}, v: {q}) -> {q} {{
+  %q = {q} parameter(0)
+  %k = {q} parameter(1)
+  %v = {q} parameter(2)
+  %splash_mha_fwd_residuals.1 = {q} custom-call(%q, %k, %v), custom_call_target="tpu_custom_call"
+  ROOT %splash_mha_dkv_no_residuals.2 = {q} custom-call(%q, %k, %v), custom_call_target="tpu_custom_call"
+}}
+"""
+    cost = hlo_cost.analyze(module)
+    per_matmul = 2 * 2 * 4 * 256 * 256 * 64        # [256, 64] x [64, 256] per batch and head
+    assert cost.flops == (2 + 4) * per_matmul and not cost.unknown_custom_calls

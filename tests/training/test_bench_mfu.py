@@ -13,7 +13,7 @@ def test_mfu_bench_runs_tiny_on_cpu_and_reports_every_field(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", PYTHONPATH=REPO_ROOT)
     run = subprocess.run(
         [sys.executable, "bench/mfu.py", "--size=tiny", "--resolution=32", "--frames=4", "--batches=1",
-         "--steps=1", "--warmup=1", "--remat=self_attention", "--peak_tflops=1.0", "--profile", f"--json={out}"],
+         "--steps=1", "--warmup=1", "--remat=self_attention", "--dtype=float32", "--peak_tflops=1.0", "--profile", f"--json={out}"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = json.loads(out.read_text())
