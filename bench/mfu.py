@@ -61,8 +61,6 @@ def parse_args(argv=None):
 
 def stage_config(args, *, attention: str, remat: str, batch: int):
     """The stage config on one device with this case's attention, remat and batch."""
-    sys.path.insert(0, ROOT)
-    from ml_collections import config_flags  # noqa: F401 - registers the loader used below
     import importlib.util
     spec = importlib.util.spec_from_file_location("bench_stage", os.path.join(ROOT, args.config))
     module = importlib.util.module_from_spec(spec)

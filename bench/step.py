@@ -36,6 +36,7 @@ def parse_args():
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dtype", default="bfloat16", help="compute dtype (the pod configs: bfloat16)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                       "BENCHMARKS.md"))
     return parser.parse_args()
@@ -63,7 +64,7 @@ def main():
     config.text.kind, config.text.dim, config.text.max_length = "token_embedding", 128, 32
     config.data.frames, config.data.resolution, config.data.batch_size = args.frames, args.resolution, args.batch
     config.optim.name, config.optim.b2 = "adafactor", 0.999
-    config.model.scan_layers, config.model.remat_policy, config.model.dtype = True, "self_attention", "bfloat16"
+    config.model.scan_layers, config.model.remat_policy, config.model.dtype = True, "self_attention", args.dtype
     config.mesh.ici = dict(data=1, fsdp=args.devices, context=1, tensor=1)
     config.mesh.rules = "fsdp"
     mesh, rules = mesh_lib.build_mesh(config.mesh), mesh_lib.logical_rules(config.mesh)
@@ -97,7 +98,7 @@ def main():
              f"{args.frames}x{r}x{r} px -> latents {bundle.latent_shape}, batch {b}, MaskDiT "
              f"{config.model.mask_ratio:.0%}; {param_bytes / 2**20:.2f} MiB fp32 params "
              f"({replicated_bytes / 2**20:.2f} MiB replicated); {n} fake CPU devices, mesh fsdp={n}, AdaFactor, "
-             f"scanned blocks, remat self_attention, bf16 compute; loops found {hlo.loops}; compile "
+             f"scanned blocks, remat self_attention, {args.dtype} compute; loops found {hlo.loops}; compile "
              f"{compile_s:.0f} s wall, {compile_cpu:.0f} s CPU")
     rows = [("HLO FLOPs / step (loop bodies x trip counts, x devices)", f"{hlo.flops * n:.4g}"),
             ("cost_analysis FLOPs / step (loop bodies once, x devices)", f"{float(cost['flops']) * n:.4g}"),

@@ -379,15 +379,13 @@ def _instruction_bytes(inst: Instruction, comp: Computation, computations) -> fl
     return sum(type_bytes(comp.shapes.get(o, "")) for o in inst.operands) + type_bytes(inst.type_text)
 
 
-def _collective_tensor_bytes(inst: Instruction, kind: str, shapes: dict[str, str], group: int) -> float:
+def _collective_tensor_bytes(inst: Instruction, kind: str, shapes: dict[str, str]) -> float:
     """Bytes of the full (unsharded) tensor a collective works on."""
     if kind == "all-gather":          # output is the gathered tensor (for -start, the last tuple element)
         out = shapes_of(inst.type_text)
         return math.prod(out[-1][1]) * dtype_bytes(out[-1][0]) if out else 0.0
-    operand = sum(type_bytes(shapes.get(o, "")) for o in inst.operands)
-    if kind == "reduce-scatter":      # the input is the full tensor (the output one shard)
-        return operand
-    return operand
+    # reduce-scatter: the input is the full tensor (the output one shard); the others: their operands
+    return sum(type_bytes(shapes.get(o, "")) for o in inst.operands)
 
 
 _WIRE = {"all-gather": 1.0, "reduce-scatter": 1.0, "all-reduce": 2.0, "all-to-all": 1.0}
@@ -424,7 +422,7 @@ def analyze(hlo_text: str, *, num_devices: int = 1, chips_per_slice: int | None 
             if kind in COLLECTIVES:
                 groups = replica_groups(inst.attrs, num_devices)
                 group = len(groups[0]) if kind != "collective-permute" else 2
-                tensor = _collective_tensor_bytes(inst, kind, comp.shapes, group)
+                tensor = _collective_tensor_bytes(inst, kind, comp.shapes)
                 wire = tensor if kind == "collective-permute" else _WIRE[kind] * tensor * (group - 1) / group
                 cost.collective_bytes[kind] = cost.collective_bytes.get(kind, 0.0) + times * tensor
                 cost.wire_bytes[kind] = cost.wire_bytes.get(kind, 0.0) + times * wire
