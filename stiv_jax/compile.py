@@ -202,9 +202,11 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     result.flops = float((cost or {}).get("flops", 0.0))
     result.hlo_text = compiled.as_text()
     from stiv_jax.training import flops as flops_lib
+    latent = flops_lib.batch_latent_shape({k: v.shape for k, v in batch.items()}, latent_shape=bundle.latent_shape,
+                                          latent_factor=int(config.latent.get("factor", 1)))
     result.model_flops = flops_lib.train_step_flops(
-        bundle.dit.config, latent_shape=bundle.latent_shape, text_length=bundle.text_length,
-        text_dim=config.text.dim, batch_size=bucket.batch_size) / len(devices)
+        bundle.dit.config, latent_shape=latent, text_length=bundle.text_length, text_dim=config.text.dim,
+        batch_size=bucket.batch_size) / len(devices)
     return result
 
 
