@@ -1,15 +1,19 @@
-r"""Train-step accounting: XLA's compiled FLOPs vs the analytic STIV count, and collective bytes under FSDP.
+r"""Train-step accounting: XLA's compiled FLOPs vs the analytic STIV count, and collective wire bytes under FSDP.
 
   python bench/step.py --devices=8 [--width=256 --depth=4 --resolution=64 --frames=8 --batch=8]
 
-Compiles the real train step (demo config, trainable byte text encoder, AdaFactor) on fake CPU devices with an
-FSDP-only mesh (``fsdp = devices``, preset ``fsdp``), then
+Compiles the real train step (demo config, trainable byte text encoder, AdaFactor) as the pod configs run it:
+blocks under ``nn.scan``, the paper's remat (``self_attention``: only the self-attention outputs are saved), bf16
+compute over fp32 weights, on fake CPU devices with an FSDP-only mesh (``fsdp = devices``, preset ``fsdp``), then
 
-* compares ``cost_analysis()['flops']`` (per device, times the device count) with
-  ``stiv_jax.training.flops.train_step_flops`` (3 x forward, matmuls only);
-* sums the tensor bytes of every collective in the optimized HLO (all-gather outputs, reduce-scatter inputs,
-  all-reduce operands) and compares them with the FSDP minimum of about 3x the parameter bytes (gather for the
-  forward, gather again for the backward, reduce-scatter of the gradients).
+* compares the FLOPs of the optimized HLO (``stiv_jax.parallel.hlo_cost``: every loop body times its trip count,
+  so the scanned blocks count ``depth`` times) and ``cost_analysis()`` (a loop body once) with
+  ``stiv_jax.training.flops.train_step_flops`` (3 x forward, matmuls only; remat recomputation not counted);
+* counts the wire bytes each device sends per collective kind (ring algorithms: all-gather and reduce-scatter
+  ``(n-1)/n`` of the full tensor, all-reduce ``2 (n-1)/n``), loop bodies times trip counts, and compares them
+  with the FSDP minimum of this schedule: with scanned, rematerialised blocks the backward gathers every weight
+  again, so each sharded parameter is gathered twice and its gradient reduce-scattered once
+  (``3 (n-1)/n x`` its bytes), and each replicated parameter's gradient is all-reduced (``2 (n-1)/n x``).
 
 Prints a table and replaces the ``## step`` section of BENCHMARKS.md. CPU compiles give the partitioner's
 decisions (which collectives, how many bytes), not TPU timings.
@@ -18,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
+import time
 from report import write_section  # bench/report.py (sys.path[0] is bench/)
 
 
@@ -32,43 +36,10 @@ def parse_args():
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--dtype", default="bfloat16", help="compute dtype (the pod configs: bfloat16)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                                       "BENCHMARKS.md"))
     return parser.parse_args()
-
-
-_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s8": 1, "u8": 1, "pred": 1, "f64": 8, "s64": 8}
-_SHAPE = re.compile(r"(f32|bf16|f16|s32|u32|s8|u8|pred|f64|s64)\[([0-9,]*)\]")
-_COLLECTIVE = re.compile(r"=\s*(\(?[^=]*?\)?)\s+(all-gather|reduce-scatter|all-reduce|all-to-all|collective-permute)"
-                         r"(-start)?\(")
-
-
-def _bytes(shape_text: str) -> int:
-    total = 0
-    for dtype, dims in _SHAPE.findall(shape_text):
-        n = 1
-        for d in filter(None, dims.split(",")):
-            n *= int(d)
-        total += n * _DTYPE_BYTES[dtype]
-    return total
-
-
-def collective_bytes(hlo_text: str, num_devices: int) -> dict[str, int]:
-    """Full-tensor bytes per collective kind in an optimized (per-device) HLO module."""
-    out: dict[str, int] = {}
-    for line in hlo_text.splitlines():
-        match = _COLLECTIVE.search(line)
-        if not match:
-            continue
-        shape_text, kind, is_start = match.group(1), match.group(2), match.group(3)
-        nbytes = _bytes(shape_text)
-        if is_start and kind == "all-gather":       # (operand, output) tuple: keep the output
-            shapes = _SHAPE.findall(shape_text)
-            nbytes = _bytes("{}[{}]".format(*shapes[-1])) if shapes else nbytes
-        if kind == "reduce-scatter":                 # output is one shard: the reduced tensor is n times larger
-            nbytes *= num_devices
-        out[kind] = out.get(kind, 0) + nbytes
-    return out
 
 
 def main():
@@ -79,7 +50,9 @@ def main():
     import jax
     import numpy as np
     from experiments import demo
+    from stiv_jax.parallel import hlo_cost
     from stiv_jax.parallel import mesh as mesh_lib
+    from stiv_jax.parallel import rules as rules_lib
     from stiv_jax.train import compile_train_step
     from stiv_jax.training import flops as flops_lib
     from stiv_jax.training import state as state_lib
@@ -91,6 +64,7 @@ def main():
     config.text.kind, config.text.dim, config.text.max_length = "token_embedding", 128, 32
     config.data.frames, config.data.resolution, config.data.batch_size = args.frames, args.resolution, args.batch
     config.optim.name, config.optim.b2 = "adafactor", 0.999
+    config.model.scan_layers, config.model.remat_policy, config.model.dtype = True, "self_attention", args.dtype
     config.mesh.ici = dict(data=1, fsdp=args.devices, context=1, tensor=1)
     config.mesh.rules = "fsdp"
     mesh, rules = mesh_lib.build_mesh(config.mesh), mesh_lib.logical_rules(config.mesh)
@@ -104,41 +78,50 @@ def main():
             "text_mask": np.ones((b, length), bool)}
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=mesh_lib.batch_sharding(mesh, rules, v.ndim))
              for k, v in host.items()}
+    start, cpu = time.perf_counter(), time.process_time()
     compiled, _ = compile_train_step(config, bundle, tx, state=state, batch=batch, frozen={},
                                      shardings=shardings, mesh=mesh, rules=rules)
+    compile_s, compile_cpu = time.perf_counter() - start, time.process_time() - cpu
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    compiled_flops = float(cost["flops"]) * args.devices
+    hlo = hlo_cost.analyze(compiled.as_text(), num_devices=args.devices)
+    n = args.devices
     analytic = flops_lib.train_step_flops(bundle.dit.config, latent_shape=bundle.latent_shape,
                                           text_length=bundle.text_length, text_dim=config.text.dim, batch_size=b)
     param_bytes = sum(int(np.prod(p.shape)) * p.dtype.itemsize for p in jax.tree.leaves(abstract.params))
-    coll = collective_bytes(compiled.as_text(), args.devices)
-    fsdp_bytes = coll.get("all-gather", 0) + coll.get("reduce-scatter", 0) + coll.get("all-reduce", 0)
+    _, replicated = rules_lib.sharded_fraction(abstract.params, shardings.params, "fsdp")
+    replicated_bytes = sum(nbytes for _, nbytes in replicated)
+    sharded_bytes = param_bytes - replicated_bytes
+    minimum = (n - 1) / n * (3 * sharded_bytes + 2 * replicated_bytes)
 
-    model = (f"DiT depth {args.depth}, width {args.width}, {args.frames}x{r}x{r} px -> latents "
-             f"{bundle.latent_shape}, batch {b}; {param_bytes / 2**20:.2f} MiB fp32 params; {args.devices} "
-             f"fake CPU devices, mesh fsdp={args.devices}, AdaFactor")
-    rows = [("compiled FLOPs / step (cost_analysis x devices)", f"{compiled_flops:.4g}"),
-            ("analytic FLOPs / step (3 x forward, matmuls)", f"{analytic:.4g}"),
-            ("compiled / analytic", f"{compiled_flops / analytic:.3f}")]
-    for kind in ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute"):
-        if kind in coll:
-            rows.append((f"{kind} bytes / step (full tensors)", f"{coll[kind] / 2**20:.2f} MiB "
-                                                               f"({coll[kind] / param_bytes:.2f}x params)"))
-    rows.append(("FSDP collectives / theoretical minimum (3x params)",
-                 f"{fsdp_bytes / (3 * param_bytes):.2f}"))
+    model = (f"DiT depth {args.depth} (+{config.model.decoder_depth} MaskDiT decoder blocks), width {args.width}, "
+             f"{args.frames}x{r}x{r} px -> latents {bundle.latent_shape}, batch {b}, MaskDiT "
+             f"{config.model.mask_ratio:.0%}; {param_bytes / 2**20:.2f} MiB fp32 params "
+             f"({replicated_bytes / 2**20:.2f} MiB replicated); {n} fake CPU devices, mesh fsdp={n}, AdaFactor, "
+             f"scanned blocks, remat self_attention, {args.dtype} compute; loops found {hlo.loops}; compile "
+             f"{compile_s:.0f} s wall, {compile_cpu:.0f} s CPU")
+    rows = [("HLO FLOPs / step (loop bodies x trip counts, x devices)", f"{hlo.flops * n:.4g}"),
+            ("cost_analysis FLOPs / step (loop bodies once, x devices)", f"{float(cost['flops']) * n:.4g}"),
+            ("analytic FLOPs / step (3 x forward, matmuls, no remat)", f"{analytic:.4g}"),
+            ("HLO / analytic (remat recomputes the forward's non-saved part)", f"{hlo.flops * n / analytic:.3f}")]
+    for kind in hlo_cost.COLLECTIVES:
+        if kind in hlo.wire_bytes:
+            rows.append((f"{kind}: wire bytes sent / device / step",
+                         f"{hlo.wire_bytes[kind] / 2**20:.2f} MiB ({hlo.collective_count[kind]:.0f} ops, full "
+                         f"tensors {hlo.collective_bytes[kind] / param_bytes:.2f}x params)"))
+    rows += [("FSDP minimum for this schedule (n-1)/n (3 x sharded + 2 x replicated)", f"{minimum / 2**20:.2f} MiB"),
+             ("collective wire bytes / FSDP minimum", f"{hlo.total_wire_bytes / minimum:.2f}")]
     width = max(len(k) for k, _ in rows)
     table = "\n".join(f"| {k.ljust(width)} | {v} |" for k, v in rows)
     command = ("python bench/step.py " + " ".join(a for a in sys.argv[1:] if not a.startswith("--out"))).strip()
     text = (f"## step\n\nCommand: `{command}`\n\n{model}.\n\n| quantity{' ' * (width - 8)} | value |\n"
             f"|{'-' * (width + 2)}|-------|\n{table}\n\n"
-            "Compiled FLOPs include elementwise work (norms, softmax, GELU, optimizer) that the matmul-only formula "
-            "omits. Collective bytes are summed over the optimized per-device HLO; the FSDP minimum is one "
-            "all-gather of the parameters for the forward, one for the backward and one reduce-scatter of the "
-            "gradients; XLA here gathers each weight once and keeps it for the backward (so ~2x, not 3x, is the "
-            "real floor for this schedule) and reduces gradients with all-reduce rather than reduce-scatter on CPU. "
-            "Parameters left replicated (norm scales, biases over unsharded axes) are never gathered. CPU "
-            "partitioning, not TPU timings.\n")
+            "Wire bytes are what each device sends under ring algorithms, summed over the optimized per-device HLO "
+            "with every loop body counted as often as it runs (stiv_jax.parallel.hlo_cost). The minimum assumes "
+            "the gathers and the gradient reduction move the fp32 parameters; a ratio below 1 means XLA moves "
+            "some of them in bf16 (the cast happens before the gather) or keeps a gathered weight for the "
+            "backward, above 1 extra traffic (activation resharding, replicated-gradient all-reduces in place of "
+            "reduce-scatters). CPU partitioning, not TPU timings.\n")
     print(text)
     write_section(text, args.out)
 

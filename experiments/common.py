@@ -205,6 +205,8 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.mesh.dcn = dict(data=-1)             # across slices (multi-slice TPU): batch over the slices
     c.mesh.rules = layout.get("mesh_rules", "default")  # preset: default | fsdp | fsdp_tensor | fsdp_context
     c.mesh.logical_rules = ()              # explicit (name, axes) pairs override the preset
+    c.mesh.dcn_granule = "slice"           # what the dcn axes split over: TPU slices | process (GPU hosts)
+    c.mesh.preset = ""                     # named layout over ici/dcn/rules, e.g. gpu_fsdp_hosts (parallel/mesh.py)
 
     c.sample = ml_collections.ConfigDict()
     c.sample.solver = "euler" if local else "sde"  # euler | heun | sde (DiT-Air: 2nd-order Heun SDE)

@@ -136,8 +136,10 @@ class FitResult:
     alias_bytes: int = 0         # outputs that reuse donated inputs
     temp_bytes: int = 0          # activations and scratch
     code_bytes: int = 0
-    flops: float = 0.0
+    flops: float = 0.0           # XLA's cost_analysis (a loop body counted once)
+    model_flops: float = 0.0     # analytic per-chip FLOPs of the step (stiv_jax.training.flops, no remat)
     error: str = ""              # compile failure (e.g. CompileTimeHbmOom)
+    hlo_text: str = dataclasses.field(default="", repr=False)  # optimized per-chip HLO (for the roofline)
 
     @property
     def peak_bytes(self) -> int:
@@ -199,6 +201,13 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     result.flops = float((cost or {}).get("flops", 0.0))
+    result.hlo_text = compiled.as_text()
+    from stiv_jax.training import flops as flops_lib
+    latent = flops_lib.batch_latent_shape({k: v.shape for k, v in batch.items()}, latent_shape=bundle.latent_shape,
+                                          latent_factor=int(config.latent.get("factor", 1)))
+    result.model_flops = flops_lib.train_step_flops(
+        bundle.dit.config, latent_shape=latent, text_length=bundle.text_length, text_dim=config.text.dim,
+        batch_size=bucket.batch_size) / len(devices)
     return result
 
 
@@ -210,8 +219,10 @@ def buckets_of(config) -> list:
     return video_buckets(config.data)
 
 
-def fit_check(config, topology: Topology, *, num_slices: int = 1, log=print) -> list[FitResult]:
-    """Compiles every bucket of ``config`` for ``topology`` and logs a per-chip table with verdicts."""
+def fit_check(config, topology: Topology, *, num_slices: int = 1, hlo_dir: str = "", roofline_chip: str = "",
+              log=print) -> list[FitResult]:
+    """Compiles every bucket of ``config`` for ``topology`` and logs a per-chip table with verdicts, and the
+    roofline step-time model of each (``roofline_chip`` names the chip for ``cpu-N``, e.g. ``h100``)."""
     devices = topology_devices(topology, num_slices)
     if num_slices > 1 and not config.mesh.get("dcn", None):
         with config.unlocked():
@@ -225,20 +236,43 @@ def fit_check(config, topology: Topology, *, num_slices: int = 1, log=print) -> 
     for bucket in buckets_of(config):
         result = compile_bucket(config.copy_and_resolve_references(), devices, bucket)
         results.append(result)
-        log(format_result(result, hbm, scanned=bool(config.model.get("scan_layers", False))))
+        if hlo_dir and result.hlo_text:
+            os.makedirs(hlo_dir, exist_ok=True)
+            path = os.path.join(hlo_dir, f"{bucket.name}_b{bucket.batch_size}.hlo.txt")
+            with open(path, "w") as f:
+                f.write(result.hlo_text)
+            log(f"  optimized HLO written to {path}")
+        log(format_result(result, hbm))
+        if result.hlo_text:
+            log(roofline_line(result, topology, num_slices=num_slices, chip_name=roofline_chip))
     return results
 
 
-def format_result(r: FitResult, hbm: int | None, *, scanned: bool) -> str:
+def roofline_line(r: FitResult, topology: Topology, *, num_slices: int, chip_name: str = "") -> str:
+    """The per-chip HLO cost (loops times trip counts) and the roofline step time it implies on the chip."""
+    from stiv_jax.parallel import hlo_cost
+    from stiv_jax.training import accelerators, roofline
+    chips = topology.chips * num_slices
+    cost = hlo_cost.analyze(r.hlo_text, num_devices=chips,
+                            chips_per_slice=topology.chips if num_slices > 1 else None)
+    line = f"  HLO cost per chip: {hlo_cost.format_cost(cost)}"
+    chip = accelerators.chip_for(chip_name or topology.kind)
+    if chip is None or chip.hbm_gbps is None:
+        return line + f"\n  roofline: no chip figures for {chip_name or topology.kind!r} (pass --roofline_chip)"
+    model = roofline.estimate(cost, chip, model_flops=r.model_flops or None, dcn_bytes=cost.dcn_wire_bytes)
+    return line + "\n  " + roofline.format_roofline(model)
+
+
+def format_result(r: FitResult, hbm: int | None) -> str:
     verdict = {True: "FITS", False: "DOES NOT FIT", None: "no verdict (pass --hbm_gib)"}[r.fits(hbm)]
     if r.error:
         return f"  {r.bucket}: {verdict}: {r.error} (compile {r.compile_seconds:.0f} s)"
     share = "" if hbm is None else f" = {100 * r.peak_bytes / hbm:.0f}% of {hbm / GiB:.0f} GiB"
-    note = " (scanned block body counted once by XLA)" if scanned else ""
     return (f"  {r.bucket} ({r.batch_per_chip:g}/chip): {verdict}: peak {r.peak_bytes / GiB:.2f} GiB per chip{share}"
             f" [arguments {r.argument_bytes / GiB:.2f}, temporaries {r.temp_bytes / GiB:.2f}, outputs "
             f"{r.output_bytes / GiB:.2f}, aliased {r.alias_bytes / GiB:.2f}, code {r.code_bytes / GiB:.3f}]; "
-            f"{r.flops / 1e12:.2f} TFLOP per chip per step{note}; compile {r.compile_seconds:.0f} s")
+            f"{r.flops / 1e12:.2f} TFLOP per chip per step (cost_analysis: loop bodies once; analytic model "
+            f"{r.model_flops / 1e12:.2f}); compile {r.compile_seconds:.0f} s")
 
 
 def main(argv):
@@ -251,7 +285,8 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     from stiv_jax.training import compile_cache
     compile_cache.enable(f.config)   # no workdir: ~/.cache/stiv_jax/compile_cache unless the config names one
-    results = fit_check(f.config, topology, num_slices=f.num_slices)
+    results = fit_check(f.config, topology, num_slices=f.num_slices, hlo_dir=f.hlo_dir,
+                        roofline_chip=f.roofline_chip)
     hbm = topology.hbm_bytes
     sys.exit(0 if all(r.fits(hbm) is not False for r in results) else 1)
 
@@ -276,5 +311,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("topology", None, "Slice: v5p-256, v5e-256, v4-128, v6e-64 ... or cpu-N.")
     flags.DEFINE_integer("num_slices", 1, "Slices joined over DCN (multi-slice).")
     flags.DEFINE_float("hbm_gib", None, "HBM per chip for the verdict (default: the chip's published size).")
+    flags.DEFINE_string("hlo_dir", "", "Write each bucket's optimized per-chip HLO here (re-read by the roofline).")
+    flags.DEFINE_string("roofline_chip", "", "Chip of the roofline model (default: the topology's; cpu-N: "
+                        "e.g. h100 to model a GPU host).")
     flags.mark_flags_as_required(["config", "topology"])
     app.run(main)

@@ -36,6 +36,7 @@ from stiv_jax.launch import distributed
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.parallel import rules as rules_lib
 from stiv_jax.stages import transition
+from stiv_jax.training import accelerators
 from stiv_jax.training import compile_cache
 from stiv_jax.training import finetune
 from stiv_jax.training import flops as flops_lib
@@ -201,10 +202,23 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
         batch, wait = next(batches)
     with goodput.phase("compile"):
         step_for(batch)
-    step_flops = flops_lib.train_step_flops(bundle.dit.config, latent_shape=bundle.latent_shape,
-                                            text_length=bundle.text_length, text_dim=config.text.dim,
-                                            batch_size=config.data.batch_size)
-    peak = flops_lib.peak_tflops_per_device(jax.devices()[0].device_kind, config.get("peak_tflops_per_device", None))
+    step_flops_cache: dict = {}
+
+    def step_flops(batch) -> float:
+        """Analytic FLOPs of a step on this batch's bucket (its frames, size and global batch)."""
+        shapes = {k: tuple(v.shape) for k, v in batch.items()}
+        key = tuple(sorted(shapes.items()))
+        if key not in step_flops_cache:
+            latent = flops_lib.batch_latent_shape(shapes, latent_shape=bundle.latent_shape,
+                                                  latent_factor=int(config.latent.get("factor", 1)))
+            batch_size = shapes["latents" if "latents" in shapes else "video"][0]   # global arrays
+            step_flops_cache[key] = flops_lib.train_step_flops(
+                bundle.dit.config, latent_shape=latent, text_length=bundle.text_length, text_dim=config.text.dim,
+                batch_size=batch_size)
+        return step_flops_cache[key]
+
+    peak = accelerators.peak_tflops_per_device(jax.devices()[0].device_kind,
+                                               config.get("peak_tflops_per_device", None))
 
     # ----------------------------------------------------------------- loop
     writer = metrics_lib.MetricWriter(workdir)
@@ -236,15 +250,14 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
             if streak is not None and streak >= max_nonfinite:
                 aborted_streak = streak
                 break
-            timer.step_done(data_wait=wait)
+            timer.step_done(data_wait=wait, flops=step_flops(batch))
             if done == profile_stop:
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()
             if done % config.log_every == 0 or done == config.total_steps:
                 with goodput.phase("train"):  # waits for the step's device work
                     device_metrics = jax.device_get(metrics)
-                row = dict(device_metrics, **timer.summary(step_flops=step_flops,
-                                                           num_devices=mesh.size, peak_tflops=peak))
+                row = dict(device_metrics, **timer.summary(num_devices=mesh.size, peak_tflops=peak))
                 row.update(goodput_row(goodput))
                 writer.write(done, row)
                 progress.set_postfix(loss=f"{row['loss']:.4f}", skipped=int(row["skipped_steps"]))

@@ -51,17 +51,79 @@ def resolve_axis_sizes(sizes: dict[str, int], num_devices: int, *, what: str) ->
     return tuple(values)
 
 
-def build_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the device mesh from ``config.mesh`` (``ici`` sizes, optional ``dcn`` sizes for multi-slice).
+# What the ``dcn`` axes of ``config.mesh`` split over: TPU slices (joined by the data-center network) or
+# processes (GPU hosts, joined by InfiniBand / Ethernet); ``config.mesh.dcn_granule`` picks one.
+GRANULES = ("slice", "process")
+
+# Named layouts (``config.mesh.preset``): their keys override ``config.mesh``.
+MESH_PRESETS = {
+    # Multi-GPU: FSDP over the GPUs of a host (NVLink), data parallel over hosts; weights and optimizer state
+    # sharded within a host only, so only the gradient all-reduce of the data axis crosses the network.
+    "gpu_fsdp_hosts": dict(ici=dict(data=1, fsdp=-1, context=1, tensor=1), dcn=dict(data=-1),
+                           dcn_granule="process", rules="fsdp"),
+}
+
+
+def with_preset(mesh_config) -> dict:
+    """``config.mesh`` as a dict, the keys of its ``preset`` (if set) written over it; the error lists presets."""
+    values = dict(mesh_config.items()) if hasattr(mesh_config, "items") else dict(mesh_config)
+    name = values.get("preset", "") or ""
+    if name:
+        if name not in MESH_PRESETS:
+            raise ValueError(f"config.mesh.preset={name!r}; valid: {', '.join(sorted(MESH_PRESETS))} or ''")
+        values.update(MESH_PRESETS[name])
+    return values
+
+
+def hybrid_device_array(devices: Sequence[Any], ici_shape: Sequence[int], dcn_shape: Sequence[int],
+                        granule_of) -> np.ndarray:
+    """Devices laid out as ``dcn_shape x ici_shape`` per axis: every ici block holds the devices of one granule.
+
+    ``granule_of(device)`` is the device's slice or process; granules are taken in sorted order, their devices in
+    id order. Returns an array of shape ``[dcn[i] * ici[i] for each axis]`` (dcn outer).
+    """
+    groups: dict[int, list] = {}
+    for d in devices:
+        groups.setdefault(granule_of(d), []).append(d)
+    per_granule = math.prod(ici_shape)
+    if len(groups) != math.prod(dcn_shape) or any(len(g) != per_granule for g in groups.values()):
+        raise ValueError(f"config.mesh: dcn {tuple(dcn_shape)} x ici {tuple(ici_shape)} needs "
+                         f"{math.prod(dcn_shape)} granules of {per_granule} devices; got "
+                         f"{ {k: len(v) for k, v in sorted(groups.items())} }")
+    blocks = np.empty((len(groups), per_granule), dtype=object)
+    for row, key in enumerate(sorted(groups)):
+        blocks[row, :] = sorted(groups[key], key=lambda d: d.id)
+    arr = blocks.reshape(tuple(dcn_shape) + tuple(ici_shape))
+    n = len(ici_shape)
+    arr = arr.transpose([i for pair in zip(range(n), range(n, 2 * n)) for i in pair])
+    return arr.reshape([a * b for a, b in zip(dcn_shape, ici_shape)])
+
+
+def build_mesh(mesh_config, devices: Sequence[jax.Device] | None = None, *, granule_of=None) -> Mesh:
+    """Builds the device mesh from ``config.mesh`` (``ici`` sizes, optional ``dcn`` sizes for multi-slice, or
+    for multi-host GPUs with ``dcn_granule='process'``, or the named ``preset``).
 
     Axes are ``Auto`` (GSPMD-style propagation from our annotations); jax 0.10 defaults to Explicit axes,
-    which annotated models do not support (see ENV_NOTES).
+    which annotated models do not support (see ENV_NOTES). ``granule_of`` overrides how a device's process is
+    read (tests split one process's fake devices into hosts).
     """
     devices = list(devices if devices is not None else jax.devices())
+    mesh_config = with_preset(mesh_config)
+    granule = mesh_config.get("dcn_granule", "slice") or "slice"
+    if granule not in GRANULES:
+        raise ValueError(f"config.mesh.dcn_granule={granule!r}; valid: {GRANULES}")
+    if granule == "process":
+        granule_of = granule_of or (lambda d: d.process_index)
+        dcn = dict(mesh_config.get("dcn", {}) or {})
+        hosts = len({granule_of(d) for d in devices})
+        dcn_shape = resolve_axis_sizes(dcn, hosts, what="config.mesh.dcn")
+        ici_shape = resolve_axis_sizes(dict(mesh_config["ici"]), len(devices) // hosts, what="config.mesh.ici")
+        array = hybrid_device_array(devices, ici_shape, dcn_shape, granule_of)
+        return Mesh(array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
     dcn = dict(mesh_config.get("dcn", {}) or {})
     num_slices = max(1, len({getattr(d, "slice_index", 0) for d in devices}))
     dcn_shape = resolve_axis_sizes(dcn, num_slices, what="config.mesh.dcn") if dcn or num_slices > 1 else (1,) * 4
-    ici_shape = resolve_axis_sizes(dict(mesh_config.ici), len(devices) // math.prod(dcn_shape), what="config.mesh.ici")
+    ici_shape = resolve_axis_sizes(dict(mesh_config["ici"]), len(devices) // math.prod(dcn_shape), what="config.mesh.ici")
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
     if math.prod(dcn_shape) > 1:
         from jax.experimental import mesh_utils
@@ -83,6 +145,7 @@ def build_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh
 def logical_rules(mesh_config) -> tuple[tuple[str, Any], ...]:
     """The logical -> mesh axis rules: explicit ``config.mesh.logical_rules`` pairs if given, else the preset
     named by ``config.mesh.rules`` (see ``stiv_jax.parallel.rules``), else ``DEFAULT_LOGICAL_RULES``."""
+    mesh_config = with_preset(mesh_config)
     rules = mesh_config.get("logical_rules", None) or preset_rules(mesh_config.get("rules", None) or "default")
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 

@@ -18,13 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 
-# Peak dense bf16 TFLOP/s per chip, from the vendors' spec sheets; matched against ``device.device_kind``.
-PEAK_TFLOPS = {
-    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0,
-    "TPU v6 lite": 918.0, "TPU v6e": 918.0, "TPU7x": 2307.0, "H100": 989.0, "H200": 989.0, "A100": 312.0,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class BlockFlops:
     """Forward FLOPs of one STIV block for one sample, split by part."""
@@ -51,45 +44,67 @@ def block_forward_flops(*, frames: int, spatial_tokens: int, width: int, mlp_hid
         feed_forward=2 * 2 * n * d * m)
 
 
-def model_forward_flops(model_config, *, latent_shape, text_length: int, text_dim: int) -> float:
+def model_forward_flops(model_config, *, latent_shape, text_length: int, text_dim: int,
+                        masked: bool = False) -> float:
     """Forward FLOPs of the whole DiT for one sample (blocks + patch embedding, conditioning, final layer).
 
     Args:
       model_config: a ``DiTConfig``.
-      latent_shape: ``(frames, height, width, channels)`` of one latent video.
+      latent_shape: ``(frames, height, width, channels)`` of one latent video (an image: ``frames = 1``).
+      masked: the forward drops ``mask_ratio`` of the spatial tokens in the main blocks (MaskDiT training, a
+        ``mask_rng`` given); the ``decoder_depth`` blocks always run, on all tokens, as the DiT does.
     """
     cfg = model_config
     frames, height, width_px, channels = latent_shape
-    f = frames // cfg.temporal_patch
+    f = 1 if frames == 1 else frames // cfg.temporal_patch        # an image becomes one temporal patch
     s = (height // cfg.patch_size) * (width_px // cfg.patch_size)
     n = f * s
     d = cfg.width
     patch_dim = cfg.temporal_patch * cfg.patch_size ** 2 * channels
     hidden = int(cfg.mlp_ratio * d)
-    block = block_forward_flops(frames=f, spatial_tokens=s, width=d, mlp_hidden=hidden, text_length=text_length)
-    # MaskDiT: the first ``depth`` blocks see the kept spatial tokens only, ``decoder_depth`` blocks see all.
     mask_ratio = float(getattr(cfg, "mask_ratio", 0.0) or 0.0)
-    decoder_depth = int(getattr(cfg, "decoder_depth", 0) or 0) if mask_ratio > 0 else 0
-    kept = max(1, int(round(s * (1.0 - mask_ratio))))
-    masked_block = block_forward_flops(frames=f, spatial_tokens=kept, width=d, mlp_hidden=hidden,
-                                       text_length=text_length)
+    decoder_depth = int(getattr(cfg, "decoder_depth", 0) or 0)
+    kept = max(1, int(round(s * (1.0 - mask_ratio)))) if masked and decoder_depth else s
+
+    def block(spatial_tokens: int) -> float:
+        parts = block_forward_flops(frames=f, spatial_tokens=spatial_tokens, width=d, mlp_hidden=hidden,
+                                    text_length=text_length)
+        if getattr(cfg, "attention_layout", "factorized") == "full3d":   # one SA over all f * s tokens
+            tokens = f * spatial_tokens
+            return parts.total - parts.spatial_attention - parts.temporal_attention + (
+                4 * 2 * tokens * d * d + 2 * 2 * tokens * tokens * d)
+        if not getattr(cfg, "temporal_attention", True):
+            return parts.total - parts.temporal_attention
+        return parts.total
+
     stem = 2 * n * patch_dim * d + 2 * n * d * patch_dim                    # patch embed + final projection
     conditioning = 2 * (256 * d + d * d + text_dim * d + 6 * d * d + 2 * d * d)  # t-embed, pooled, AdaLN
     text = 2 * text_length * (text_dim * d + d * d)                           # text projection MLP
-    return cfg.depth * masked_block.total + decoder_depth * block.total + stem + conditioning + text
+    return cfg.depth * block(kept) + decoder_depth * block(s) + stem + conditioning + text
 
 
-def train_step_flops(model_config, *, latent_shape, text_length: int, text_dim: int, batch_size: int) -> float:
-    """FLOPs of one optimizer step over a global batch: 3 x forward (forward + backward)."""
-    return 3.0 * batch_size * model_forward_flops(model_config, latent_shape=latent_shape,
-                                                  text_length=text_length, text_dim=text_dim)
+def train_step_flops(model_config, *, latent_shape, text_length: int, text_dim: int, batch_size: int,
+                     masked: bool | None = None) -> float:
+    """FLOPs of one optimizer step over a global batch: 3 x forward (forward + backward).
+
+    ``masked`` defaults to what the train step does: MaskDiT masking when ``mask_ratio > 0``.
+    """
+    if masked is None:
+        masked = float(getattr(model_config, "mask_ratio", 0.0) or 0.0) > 0
+    return 3.0 * batch_size * model_forward_flops(model_config, latent_shape=latent_shape, text_length=text_length,
+                                                  text_dim=text_dim, masked=masked)
 
 
-def peak_tflops_per_device(device_kind: str, override: float | None = None) -> float | None:
-    """Peak bf16 TFLOP/s of a device kind (None when unknown, e.g. CPU); ``override`` wins when set."""
-    if override:
-        return float(override)
-    for name in sorted(PEAK_TFLOPS, key=len, reverse=True):
-        if name.lower() in device_kind.lower():
-            return PEAK_TFLOPS[name]
-    return None
+def batch_latent_shape(batch_shapes: dict, *, latent_shape, latent_factor: int) -> tuple[int, int, int, int]:
+    """``(frames, height, width, channels)`` of one latent of a batch (a data bucket), from its array shapes.
+
+    ``batch_shapes`` maps batch keys to shapes: ``video`` ``[b, frames, height, width, 3]`` pixels (encoded with
+    spatial factor ``latent_factor``) or ``latents`` ``[b, frames, height, width, channels]``; ``latent_shape``
+    is the default bucket's, whose channel count every bucket shares.
+    """
+    if "latents" in batch_shapes:
+        return tuple(batch_shapes["latents"][1:])
+    if "video" in batch_shapes:
+        _, frames, height, width = tuple(batch_shapes["video"])[:4]
+        return (frames, height // latent_factor, width // latent_factor, latent_shape[-1])
+    raise ValueError(f"batch keys {sorted(batch_shapes)}: need 'video' or 'latents' to count FLOPs")

@@ -52,22 +52,29 @@ class StepTimer:
         self._start = time.perf_counter()
         self._steps = 0
         self._data_wait = 0.0
+        self._flops = 0.0
 
-    def step_done(self, *, data_wait: float) -> None:
+    def step_done(self, *, data_wait: float, flops: float = 0.0) -> None:
+        """Books one step; ``flops`` is that step's count (buckets differ), else ``summary``'s ``step_flops``."""
         self._steps += 1
         self._data_wait += data_wait
+        self._flops += flops
 
-    def summary(self, *, step_flops: float, num_devices: int, peak_tflops: float | None) -> dict:
-        """``step_time_s``, ``data_wait_s``, ``tflops_per_device`` and ``mfu`` (when the peak is known); resets."""
+    def summary(self, *, step_flops: float | None = None, num_devices: int, peak_tflops: float | None) -> dict:
+        """``step_time_s``, ``data_wait_s``, ``tflops_per_device`` and ``mfu`` (when the peak is known); resets.
+
+        The FLOPs are the mean of the counts given to ``step_done`` since the last summary, or ``step_flops``.
+        """
         now = time.perf_counter()
         steps = max(self._steps, 1)
+        step_flops = self._flops / steps if self._flops else float(step_flops or 0.0)
         step_time = (now - self._start) / steps
         out = {"step_time_s": step_time, "data_wait_s": self._data_wait / steps,
                "steps_per_sec": 1.0 / step_time,
                "tflops_per_device": step_flops / step_time / num_devices / 1e12}
         if peak_tflops:
             out["mfu"] = out["tflops_per_device"] / peak_tflops
-        self._start, self._steps, self._data_wait = now, 0, 0.0
+        self._start, self._steps, self._data_wait, self._flops = now, 0, 0.0, 0.0
         return out
 
 

@@ -38,6 +38,34 @@ def test_cli_prints_env_lines(capsys):
     assert "unknown TPU accelerator type 'tpu-v5'" in capsys.readouterr().err
 
 
+def test_gpu_set_overlaps_combines_and_pipelines_collectives_and_can_be_switched_off(capsys):
+    flags = xla_flags.GPU_XLA_FLAGS
+    for name in ("latency_hiding_scheduler", "all_gather_combine_threshold_bytes", "pipelined_all_gather",
+                 "enable_command_buffer"):
+        assert any(name in f for f in flags), name
+    assert len({f.split("=")[0] for f in flags}) == len(flags)
+    merged = xla_flags.gpu_xla_flags(base="--xla_gpu_enable_latency_hiding_scheduler=false --xla_dump_to=/tmp/d")
+    assert merged.split().count("--xla_gpu_enable_latency_hiding_scheduler=true") == 1
+    assert "--xla_gpu_enable_latency_hiding_scheduler=false" not in merged and "--xla_dump_to=/tmp/d" in merged
+    assert xla_flags.gpu_xla_flags(enabled=False, base="--xla_dump_to=/tmp/d") == "--xla_dump_to=/tmp/d"
+    assert xla_flags.main(["--accelerator=gpu", "--gpu_flags=off", "--format=env"]) == 0
+    assert capsys.readouterr().out.strip() == "XLA_FLAGS="
+
+
+def test_xla_parses_every_gpu_flag():
+    """XLA reads XLA_FLAGS on any backend and aborts on an unknown flag or value, so the CPU checks the set."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, XLA_FLAGS=xla_flags.gpu_xla_flags(), JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", "import jax; print(jax.numpy.ones(3).sum())"], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "3.0", result.stderr[-2000:]
+    env["XLA_FLAGS"] = "--xla_gpu_enable_command_buffer=NOT_A_COMMAND"      # the check can fail
+    assert subprocess.run([sys.executable, "-c", "import jax; jax.numpy.ones(3).sum()"], env=env,
+                          capture_output=True, text=True, timeout=300).returncode != 0
+
+
 @pytest.mark.parametrize("accelerator,slices,hosts", [
     ("v5p-8", 1, 1), ("v5p-256", 1, 32), ("v5p-256", 2, 64), ("v4-8", 1, 1), ("v4-32", 1, 4),
     ("v5litepod-8", 1, 1), ("v5litepod-16", 1, 4), ("v5litepod-256", 2, 128), ("v6e-256", 1, 64)])

@@ -14,7 +14,7 @@ def test_cpu8_fit_check_of_a_tiny_config_compiles_every_bucket(tmp_path):
     env = dict(os.environ, XLA_FLAGS="")
     run = subprocess.run(
         [sys.executable, "-m", "stiv_jax.compile", "--config=experiments/t2v_256.py:runlocal", "--topology=cpu-8",
-         "--hbm_gib=0.004", "--config.data.buckets=((4, 32, 32, 8), (2, 32, 48, 16))"],
+         "--hbm_gib=0.004", "--roofline_chip=h100", "--config.data.buckets=((4, 32, 32, 8), (2, 32, 48, 16))"],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     lines = [line for line in run.stdout.splitlines() if "TFLOP per chip" in line]
     assert len(lines) == 2, run.stdout + run.stderr[-3000:]
@@ -25,6 +25,11 @@ def test_cpu8_fit_check_of_a_tiny_config_compiles_every_bucket(tmp_path):
     assert all(p > 0 for p in peaks)
     assert verdicts == [p > 0.004 for p in peaks]
     assert run.returncode == (1 if any(verdicts) else 0)
+    # Each bucket's roofline on the named chip, from its HLO counted with loop trip counts.
+    roofs = [line for line in run.stdout.splitlines() if line.startswith("  roofline H100 SXM: compute")]
+    assert len(roofs) == 2 and all("MFU" in line and "-bound" in line for line in roofs), run.stdout
+    costs = [line for line in run.stdout.splitlines() if line.startswith("  HLO cost per chip:")]
+    assert len(costs) == 2 and all("all-" in line for line in costs), costs   # the data-parallel gradient sum
 
 
 def test_topology_names_map_to_libtpu_grids_and_hbm():
