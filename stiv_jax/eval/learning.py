@@ -6,7 +6,8 @@ per frame gives a track whose least-squares displacement names the direction (th
 less than half the slow travel counts as not moving) and the speed (pixels per frame over 1.5 is "quickly").
 The digit is read by an independent classifier, :class:`DigitScorer`: a logistic regression trained once on
 foreground crops of clean rendered frames (never on model samples), applied to a crop centred on the centroid of
-every frame, log-probabilities summed over frames. Chance: 10% adherence, 25% direction, 50% speed.
+every frame, log-probabilities summed over frames. Its colour is the ``procedural.COLOURS`` entry nearest to the foreground's mean.
+Chance: 10% adherence, 25% direction, 50% speed, 17% colour.
 
 *TI2V fidelity*: PSNR and SSIM of generated frames 1..T-1 against the true continuation of the clip whose frame 0
 was given, beside the static copy (frame 0 repeated) and an unconditional sample (same caption, no image).
@@ -130,26 +131,38 @@ def digit_scorer() -> DigitScorer:
     return DigitScorer()
 
 
+def colour(video_thwc: np.ndarray) -> str:
+    """The ``procedural.COLOURS`` name nearest (RGB distance) to the foreground-weighted mean colour; 'none' when
+    the video has no foreground."""
+    weights = foreground(video_thwc)[..., None]
+    if weights.sum() < 1.0:
+        return "none"
+    mean = (to_score_size(video_thwc) * weights).sum(axis=(0, 1, 2)) / weights.sum()
+    names = list(procedural.COLOURS)
+    return names[int(np.argmin([np.linalg.norm(mean - np.asarray(procedural.COLOURS[n])) for n in names]))]
+
+
 def score_video(video_thwc: np.ndarray, prompt: str, *, scorer: DigitScorer | None = None) -> dict:
-    """``{'digit', 'direction', 'speed'}`` read from the video and ``{'digit_ok', 'direction_ok', 'speed_ok'}``
-    against what ``prompt`` (a procedural caption) names."""
+    """``{'digit', 'direction', 'speed', 'colour'}`` read from the video and ``{'digit_ok', 'direction_ok',
+    'speed_ok', 'colour_ok'}`` against what ``prompt`` (a procedural caption) names."""
     wanted = procedural.parse_caption(prompt)
     scorer = scorer or digit_scorer()
     direction, speed = motion(centroids(foreground(video_thwc)))
-    digit = scorer.digit(video_thwc)
-    return dict(digit=digit, direction=direction, speed=speed, digit_ok=digit == wanted["digit"],
-                direction_ok=direction == wanted["direction"], speed_ok=speed == wanted["speed"])
+    digit, hue = scorer.digit(video_thwc), colour(video_thwc)
+    return dict(digit=digit, direction=direction, speed=speed, colour=hue, digit_ok=digit == wanted["digit"],
+                direction_ok=direction == wanted["direction"], speed_ok=speed == wanted["speed"],
+                colour_ok=hue == wanted["colour"])
 
 
 def score_t2v(videos: list[np.ndarray] | np.ndarray, prompts: list[str], *,
               scorer: DigitScorer | None = None) -> dict[str, float]:
-    """``{'adherence', 'direction', 'speed'}``: the share of ``videos`` (uint8 ``[n, frames, h, w, 3]``) whose
-    digit, direction and speed are what their ``prompts`` name."""
+    """``{'adherence', 'direction', 'speed', 'colour'}``: the share of ``videos`` (uint8 ``[n, frames, h, w, 3]``)
+    whose digit, direction, speed and colour are what their ``prompts`` name."""
     if len(videos) != len(prompts) or not len(prompts):
         raise ValueError(f"{len(videos)} videos for {len(prompts)} prompts; give one video per prompt (>= 1)")
     rows = [score_video(v, p, scorer=scorer) for v, p in zip(videos, prompts)]
     return {name: float(np.mean([r[f"{key}_ok"] for r in rows]))
-            for name, key in (("adherence", "digit"), ("direction", "direction"), ("speed", "speed"))}
+            for name, key in (("adherence", "digit"), ("direction", "direction"), ("speed", "speed"), ("colour", "colour"))}
 
 
 # ---------------------------------------------------------------------------------------------- fidelity
