@@ -193,6 +193,8 @@ def plot(rows: list[dict], args, path: str) -> None:
     fvd = [(r["step"], r["fvd"]) for r in rows if "fvd" in r]
     if fvd:
         axes[2].plot(*zip(*fvd), "o-")
+    else:
+        axes[2].text(0.5, 0.5, "FVD not measured (--fvd_clips=0)", ha="center", transform=axes[2].transAxes)
     axes[2].set(title=f"FVD, {args.fvd_clips} samples vs held-out digit clips", xlabel="step")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -202,6 +204,7 @@ def plot(rows: list[dict], args, path: str) -> None:
 SUMMARY = (("validation/adherence", "T2V digit adherence, held-out prompts", "chance 10%"),
            ("validation/direction", "T2V direction", "chance 25%"),
            ("validation/speed", "T2V speed", "chance 50%"),
+           ("validation/colour", "T2V colour", "chance 17%"),
            ("validation/ti2v_psnr", "TI2V PSNR, held-out real clips (dB)", "frames 1-7 vs the true ones"),
            ("validation/static_psnr", "static copy PSNR (dB)", "frame 0 repeated"),
            ("validation/t2v_psnr", "no-image PSNR (dB)", "same caption, no frame given"),

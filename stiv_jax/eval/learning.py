@@ -6,8 +6,8 @@ per frame gives a track whose least-squares displacement names the direction (th
 less than half the slow travel counts as not moving) and the speed (pixels per frame over 1.5 is "quickly").
 The digit is read by an independent classifier, :class:`DigitScorer`: a logistic regression trained once on
 foreground crops of clean rendered frames (never on model samples), applied to a crop centred on the centroid of
-every frame, log-probabilities summed over frames. Its colour is the ``procedural.COLOURS`` entry nearest to the foreground's mean.
-Chance: 10% adherence, 25% direction, 50% speed, 17% colour.
+every frame, log-probabilities summed over frames. Its colour is the ``procedural.COLOURS`` entry nearest to the
+foreground's mean. Chance: 10% adherence, 25% direction, 50% speed, 17% colour.
 
 *TI2V fidelity*: PSNR and SSIM of generated frames 1..T-1 against the true continuation of the clip whose frame 0
 was given, beside the static copy (frame 0 repeated) and an unconditional sample (same caption, no image).
@@ -162,7 +162,8 @@ def score_t2v(videos: list[np.ndarray] | np.ndarray, prompts: list[str], *,
         raise ValueError(f"{len(videos)} videos for {len(prompts)} prompts; give one video per prompt (>= 1)")
     rows = [score_video(v, p, scorer=scorer) for v, p in zip(videos, prompts)]
     return {name: float(np.mean([r[f"{key}_ok"] for r in rows]))
-            for name, key in (("adherence", "digit"), ("direction", "direction"), ("speed", "speed"), ("colour", "colour"))}
+            for name, key in (("adherence", "digit"), ("direction", "direction"), ("speed", "speed"),
+                              ("colour", "colour"))}
 
 
 # ---------------------------------------------------------------------------------------------- fidelity

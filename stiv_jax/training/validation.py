@@ -12,10 +12,11 @@ Outputs of step ``s``: ``workdir/validation/step_{s:08d}_{t2v,ti2v}.mp4`` and ``
 sample), ``_frames.png`` (a row of frames per sample), the GIF as an animated image summary
 ``validation/{t2v,ti2v}`` in ``workdir/tensorboard``, and
 ``validation/fvd`` in ``workdir/metrics.jsonl`` + TensorBoard when ``fvd_clips`` > 0. The learning benchmark's
-scores (``stiv_jax.eval.learning``) go the same way: ``validation/adherence``, ``validation/direction`` and
-``validation/speed`` of ``learning_prompts`` held-out digit prompts, and with ``score_ti2v`` the TI2V cells'
-``validation/ti2v_psnr`` / ``ti2v_ssim`` against their true clips, beside ``validation/static_psnr`` /
-``static_ssim`` (frame 0 repeated) and ``validation/t2v_psnr`` / ``t2v_ssim`` (the same captions without the image).
+scores (``stiv_jax.eval.learning``) go the same way: ``validation/adherence``, ``validation/direction``,
+``validation/speed`` and ``validation/colour`` of ``learning_prompts`` held-out digit prompts, and with
+``score_ti2v`` the TI2V cells' ``validation/ti2v_psnr`` / ``ti2v_ssim`` against their true clips, beside
+``validation/static_psnr`` / ``static_ssim`` (frame 0 repeated) and ``validation/t2v_psnr`` / ``t2v_ssim`` (the same
+captions without the image).
 """
 from __future__ import annotations
 
