@@ -132,11 +132,12 @@ def digit_scorer() -> DigitScorer:
 
 
 def colour(video_thwc: np.ndarray) -> str:
-    """The ``procedural.COLOURS`` name nearest (RGB distance) to the foreground-weighted mean colour; 'none' when
-    the video has no foreground."""
+    """The ``procedural.COLOURS`` name nearest (RGB distance) to the mean colour of the digit's core (foreground
+    weight to the 4th power); 'none' when the video has no foreground."""
     weights = foreground(video_thwc)[..., None]
     if weights.sum() < 1.0:
         return "none"
+    weights = weights ** 4    # the digit's core: edge pixels blend in the grey background (and codec chroma)
     mean = (to_score_size(video_thwc) * weights).sum(axis=(0, 1, 2)) / weights.sum()
     names = list(procedural.COLOURS)
     return names[int(np.argmin([np.linalg.norm(mean - np.asarray(procedural.COLOURS[n])) for n in names]))]
