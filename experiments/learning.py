@@ -20,7 +20,7 @@ from experiments import demo
 
 def get_config():
     config = demo.get_config()
-    config.total_steps = 300              # optimizer steps (~1.3 s each on 2 shared cores, after ~100 s of compile)
+    config.total_steps = 300              # optimizer steps (1.3-4 s each on 2 shared cores at load 7-17)
     config.optim.decay_steps = 300        # cosine decay length (the schedule stays constant)
     config.optim.ema_decay = 0.98         # EMA of parameters: a ~50-step horizon for a few hundred steps
 
