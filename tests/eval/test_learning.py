@@ -83,3 +83,12 @@ def test_holdout_keeps_the_last_clips_of_every_source():
     assert [caption(r) for r in train] == ["a.mp4@0.0", "a.mp4@1.0", "a.mp4@2.0", "b.mp4@0.0"]
     with pytest.raises(ValueError, match="--fraction"):
         holdout.split_by_source_time(records, fraction=1.5)
+
+
+def test_frame_strip_puts_a_video_per_row_and_a_frame_per_column():
+    from stiv_jax.training.validation import frame_strip
+    videos = np.zeros((2, 3, 4, 4, 3), np.uint8)
+    videos[1, 2] = 255
+    strip = frame_strip(videos, pad=1, scale=1)
+    assert strip.shape == (2 * 5 + 1, 3 * 5 + 1, 3)
+    assert strip[6:10, 11:15].min() == 255 and strip[1:5, 11:15].max() == 0
