@@ -28,6 +28,7 @@ EXTRAS = {
         "scikit-video==1.1.11",
         "scenedetect>=0.6.4,<0.7",
         "apache-beam>=2.77,<3",             # the shard builder at scale (DirectRunner here, Dataflow/Flink/Spark)
+        "scikit-learn>=1.5,<2",             # the handwritten digits of the procedural set, the learning scorer
     ],
     # Reference implementations for the numerical parity tests (CPU torch build).
     "test": [

@@ -9,8 +9,14 @@ writer=...)`` when ``step % config.sample_every == 0`` (after that step's checkp
 :class:`~stiv_jax.eval.generation.EvalSampler` per run, so validations after the first compile nothing.
 
 Outputs of step ``s``: ``workdir/validation/step_{s:08d}_{t2v,ti2v}.mp4`` and ``.gif`` (a grid, one cell per
-sample), the GIF as an animated image summary ``validation/{t2v,ti2v}`` in ``workdir/tensorboard``, and
-``validation/fvd`` in ``workdir/metrics.jsonl`` + TensorBoard when ``fvd_clips`` > 0.
+sample), ``_frames.png`` (a row of frames per sample), the GIF as an animated image summary
+``validation/{t2v,ti2v}`` in ``workdir/tensorboard``, and
+``validation/fvd`` in ``workdir/metrics.jsonl`` + TensorBoard when ``fvd_clips`` > 0. The learning benchmark's
+scores (``stiv_jax.eval.learning``) go the same way: ``validation/adherence``, ``validation/direction``,
+``validation/speed`` and ``validation/colour`` of ``learning_prompts`` held-out digit prompts, and with
+``score_ti2v`` the TI2V cells' ``validation/ti2v_psnr`` / ``ti2v_ssim`` against their true clips, beside
+``validation/static_psnr`` / ``static_ssim`` (frame 0 repeated) and ``validation/t2v_psnr`` / ``t2v_ssim`` (the same
+captions without the image).
 """
 from __future__ import annotations
 
@@ -45,6 +51,8 @@ def default_validation_config() -> ml_collections.ConfigDict:
     config.num_steps = None         # sampling steps (None or 0: config.sample.num_steps)
     config.cfg_scale = None         # guidance (None: config.sample.cfg_scale)
     config.grid_columns = 4         # cells per grid row
+    config.learning_prompts = 0     # held-out digit prompts scored for adherence/direction/speed (0: off)
+    config.score_ti2v = False       # PSNR/SSIM of the TI2V cells vs their true clips, static copy and T2V beside
     return config
 
 
@@ -86,6 +94,17 @@ def video_grid(videos_bthwc: np.ndarray, *, columns: int, pad: int = 2) -> np.nd
         top, left = pad + (i // columns) * (h + pad), pad + (i % columns) * (w + pad)
         grid[:, top:top + h, left:left + w] = video
     return grid
+
+
+def frame_strip(videos_bthwc: np.ndarray, *, pad: int = 2, scale: int = 3) -> np.ndarray:
+    """uint8 ``[n, frames, height, width, 3]`` -> one uint8 image, a row per video and a column per frame, on a
+    black background, every pixel repeated ``scale`` times (small videos stay legible)."""
+    n, t, h, w, c = videos_bthwc.shape
+    image = np.zeros((n * (h + pad) + pad, t * (w + pad) + pad, c), np.uint8)
+    for i, video in enumerate(videos_bthwc):
+        for j, frame in enumerate(video):
+            image[pad + i * (h + pad):pad + i * (h + pad) + h, pad + j * (w + pad):pad + j * (w + pad) + w] = frame
+    return image.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
 class Validator:
@@ -143,6 +162,14 @@ class Validator:
             grids["ti2v"] = sample([caption for _, caption in ti2v], seeds=seeds(len(ti2v), 1000),
                                    first_frames=np.stack([_fit(clip[0], grids["t2v"].shape[2:4]) for clip, _ in ti2v]))
         metrics = {}
+        if ti2v and c.score_ti2v:
+            metrics.update(self._ti2v_scores(sample, ti2v, grids))
+        if c.learning_prompts:
+            from stiv_jax.data.procedural import heldout_prompts
+            from stiv_jax.eval.learning import score_t2v
+            prompts = heldout_prompts(int(c.learning_prompts))
+            scores = score_t2v(sample(prompts, seeds=seeds(len(prompts), 3000)), prompts)
+            metrics.update({f"validation/{k}": v for k, v in scores.items()})
         if c.fvd_clips:
             prompts = list(c.fvd_prompts or c.prompts)
             fake = sample([prompts[i % len(prompts)] for i in range(c.fvd_clips)], seeds=seeds(c.fvd_clips, 2000))
@@ -150,9 +177,23 @@ class Validator:
         if jax.process_index() == 0:
             for name, videos in grids.items():
                 self._write_grid(step, name, video_grid(videos, columns=c.grid_columns))
+                from PIL import Image
+                Image.fromarray(frame_strip(videos)).save(
+                    os.path.join(self.workdir, "validation", f"step_{step:08d}_{name}_frames.png"))
             if metrics and self.metric_writer is not None:
                 self.metric_writer.write(step, metrics)
         return metrics
+
+    def _ti2v_scores(self, sample, ti2v, grids) -> dict:
+        """TI2V fidelity of the cells (``stiv_jax.eval.learning.ti2v_fidelity``) against the held-out clips at the
+        run's resolution, with the same captions sampled without the image (the same seeds) as the T2V row."""
+        from stiv_jax.eval.learning import ti2v_fidelity
+        size = grids["ti2v"].shape[2:4]
+        true = np.stack([np.stack([_fit(frame, size) for frame in clip]) for clip, _ in ti2v])
+        unconditional = sample([caption for _, caption in ti2v], seeds=[int(self.config.seed) + 1000 + i
+                                                                        for i in range(len(ti2v))])
+        scores = ti2v_fidelity(samples=grids["ti2v"], true_clips=true, unconditional=unconditional)
+        return {f"validation/{k}": v for k, v in scores.items()}
 
     def _fvd(self, fake_clips: list[np.ndarray]) -> float:
         """FVD of ``fake_clips`` against the first ``fvd_clips`` held-out clips, whose I3D features are computed

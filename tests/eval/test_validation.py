@@ -97,8 +97,9 @@ def validated(tiny_run, tmp_path_factory):
 
 def test_validation_writes_t2v_and_ti2v_grids_to_workdir_and_tensorboard(validated):
     workdir = validated["workdir"]
-    assert sorted(os.listdir(os.path.join(workdir, "validation"))) == [
-        f"step_{s:08d}_{kind}.{ext}" for s in (5, 10) for kind in ("t2v", "ti2v") for ext in ("gif", "mp4")]
+    assert sorted(os.listdir(os.path.join(workdir, "validation"))) == sorted(
+        f"step_{s:08d}_{kind}{ext}" for s in (5, 10) for kind in ("t2v", "ti2v")
+        for ext in (".gif", ".mp4", "_frames.png"))
     t2v = video_io.decode_frames(os.path.join(workdir, "validation", "step_00000005_t2v.mp4"))
     assert t2v.shape == (FRAMES, 2 + 2 * 18, 2 + 2 * 18, 3)  # 3 cells of 16x16 in a 2x2 grid, 2-pixel borders
     assert t2v[:, 20:36, 20:36].mean() < 6 < t2v[:, 2:18, 2:18].mean()  # the fourth cell is empty (black, up to
