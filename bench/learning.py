@@ -73,7 +73,7 @@ def run_config(args):
 def heldout_clips(source: str, count: int, frames: int, size: int) -> tuple[np.ndarray, list[str]]:
     """uint8 ``[count, frames, size, size, 3]`` held-out clips (center crop, resized) and their captions."""
     from stiv_jax.eval import clips as clips_lib
-    from stiv_jax.training.validation import _fit
+    from stiv_jax.eval.validation import _fit
     pairs = list(clips_lib.iter_captioned_clips(source, clips_lib.ClipWindows(num_frames=frames), max_clips=count))
     return np.stack([np.stack([_fit(f, (size, size)) for f in clip]) for clip, _ in pairs]), [c for _, c in pairs]
 
@@ -111,7 +111,7 @@ def _save_strip(args, name: str, videos: np.ndarray) -> None:
     """``WORKDIR/strips/NAME.png``: a row of frames per video (what the scores were computed on)."""
     from PIL import Image
 
-    from stiv_jax.training.validation import frame_strip
+    from stiv_jax.eval.validation import frame_strip
     os.makedirs(os.path.join(args.workdir, "strips"), exist_ok=True)
     Image.fromarray(frame_strip(np.asarray(videos))).save(os.path.join(args.workdir, "strips", f"{name}.png"))
 

@@ -86,7 +86,7 @@ def test_holdout_keeps_the_last_clips_of_every_source():
 
 
 def test_frame_strip_puts_a_video_per_row_and_a_frame_per_column():
-    from stiv_jax.training.validation import frame_strip
+    from stiv_jax.eval.validation import frame_strip
     videos = np.zeros((2, 3, 4, 4, 3), np.uint8)
     videos[1, 2] = 255
     strip = frame_strip(videos, pad=1, scale=1)
