@@ -44,7 +44,8 @@ def remat_policy(name: str, custom: tuple[tuple[str, str], ...] = ()):
         unknown = sorted({n for n, _ in custom} - set(REMAT_NAMES))
         if unknown:
             raise ValueError(f"config.model.remat_custom names {unknown} are not tagged tensors; valid: {REMAT_NAMES}")
-        return _placed(saved=[n for n, p in custom if p == "device"], offloaded=[n for n, p in custom if p == "offload"])
+        return _placed(saved=[n for n, p in custom if p == "device"],
+                       offloaded=[n for n, p in custom if p == "offload"])
     policies = {
         "none": None,
         "full": jax.checkpoint_policies.nothing_saveable,       # keep only block inputs
