@@ -121,7 +121,7 @@ def main():
             f"{_format(rows, args)}\n\n"
             "Reading it: Ulysses moves 4 all-to-alls of the local q/k/v/out per pass (payload independent of the "
             "context size); the ring moves the local k/v C - 1 times forward and k, v, dk, dv in the backward "
-            "(XLA reuses the forward hops for k/v here), so about C/2 times Ulysses' bytes, in exchange for any "
+            "(XLA reuses the forward hops for k/v here; dk/dv travel as float32 accumulators, twice the bf16 bytes), so several times Ulysses' bytes, in exchange for any "
             "head count, no all-to-all, and hops that overlap with the next block's compute on TPU. The hybrid "
             "sits between (ring over C / group members). GSPMD partitions the plain attention by gathering keys "
             "and values (all-gathers of whole activations), the pattern the context-parallel methods avoid.\n")
