@@ -132,9 +132,14 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.model.scan_layers = not local        # nn.scan over blocks: one compiled body, fast compiles at depth 46
     # Save only the self-attention outputs for the backward pass (§5.1); "full" keeps only block inputs.
     c.model.remat_policy = "none" if local else layout.get("remat_policy", "self_attention")
+    # remat_policy=custom: ((tensor name, device | offload | remat), ...), e.g. (("ffn_hidden", "offload"),)
+    c.model.remat_custom = ()
     c.model.attention_impl = "xla" if local else "splash"  # Pallas splash attention on TPU
-    # Self-attention over tokens sharded on the mesh's context axis: gspmd (XLA gathers keys/values) | ulysses
+    # Self-attention over tokens sharded on the mesh's context axis: gspmd (XLA gathers keys/values) | ulysses |
+    # ring | hybrid (Ulysses in groups of model.context_ulysses_size, ring across them): docs/fit_check.md
     c.model.context_attention = layout.get("context_attention", "gspmd")
+    c.model.context_ulysses_size = 2       # hybrid: chips per Ulysses group (divides mesh.ici.context and the heads)
+    c.model.ring_zigzag = True             # causal ring/hybrid: zig-zag chunks balance the causal work
     c.model.dtype = "float32" if local else "bfloat16"  # compute dtype (INFERRED bf16 on TPU)
     c.model.param_dtype = "float32"        # master weights stay fp32
 

@@ -136,6 +136,7 @@ class FitResult:
     alias_bytes: int = 0         # outputs that reuse donated inputs
     temp_bytes: int = 0          # activations and scratch
     code_bytes: int = 0
+    host_bytes: int = 0          # pinned host memory (remat offload): host temporaries + arguments + outputs
     flops: float = 0.0           # XLA's cost_analysis (a loop body counted once)
     model_flops: float = 0.0     # analytic per-chip FLOPs of the step (stiv_jax.training.flops, no remat)
     error: str = ""              # compile failure (e.g. CompileTimeHbmOom)
@@ -198,6 +199,8 @@ def compile_bucket(config, devices, bucket) -> FitResult:
         result.alias_bytes = int(memory.alias_size_in_bytes)
         result.temp_bytes = int(memory.temp_size_in_bytes)
         result.code_bytes = int(getattr(memory, "generated_code_size_in_bytes", 0) or 0)
+        result.host_bytes = sum(int(getattr(memory, f"host_{kind}_size_in_bytes", 0) or 0)
+                                for kind in ("temp", "argument", "output"))
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     result.flops = float((cost or {}).get("flops", 0.0))
@@ -270,7 +273,8 @@ def format_result(r: FitResult, hbm: int | None) -> str:
     share = "" if hbm is None else f" = {100 * r.peak_bytes / hbm:.0f}% of {hbm / GiB:.0f} GiB"
     return (f"  {r.bucket} ({r.batch_per_chip:g}/chip): {verdict}: peak {r.peak_bytes / GiB:.2f} GiB per chip{share}"
             f" [arguments {r.argument_bytes / GiB:.2f}, temporaries {r.temp_bytes / GiB:.2f}, outputs "
-            f"{r.output_bytes / GiB:.2f}, aliased {r.alias_bytes / GiB:.2f}, code {r.code_bytes / GiB:.3f}]; "
+            f"{r.output_bytes / GiB:.2f}, aliased {r.alias_bytes / GiB:.2f}, code {r.code_bytes / GiB:.3f}]"
+            f"{f'; host memory {r.host_bytes / GiB:.2f} GiB per chip (offloaded)' if r.host_bytes else ''}; "
             f"{r.flops / 1e12:.2f} TFLOP per chip per step (cost_analysis: loop bodies once; analytic model "
             f"{r.model_flops / 1e12:.2f}); compile {r.compile_seconds:.0f} s")
 

@@ -170,12 +170,14 @@ def heldout_prompts(count: int = 20) -> list[str]:
 
 
 def clip_record(spec: ClipSpec, video: np.ndarray, *, key: str) -> bytes:
-    """One clip record (schema version 2) of a rendered ``video`` uint8 ``[frames, size, size, 3]``."""
+    """One clip record of a rendered ``video`` uint8 ``[frames, size, size, 3]`` (one keyframe: clips are short and
+    always read from their first frame)."""
     frames, size = video.shape[0], video.shape[1]
     motion = float(np.abs(np.diff(video.astype(np.int16), axis=0)).mean()) if frames > 1 else 0.0
     meta = dict(source=key, start_sec=0.0, end_sec=frames / FPS, start_frame=0, scene_index=0, fps=FPS,
-                width=size, height=size, num_frames=frames, duration=frames / FPS, motion_score=motion)
-    return schema.encode_record(video=video_io.encode_mp4(video, fps=FPS, crf=10), caption=spec.caption, meta=meta)
+                width=size, height=size, num_frames=frames, duration=frames / FPS, motion_score=motion, keyint=frames)
+    return schema.encode_record(video=video_io.encode_mp4(video, fps=FPS, crf=10, keyint=frames), caption=spec.caption,
+                                meta=meta)
 
 
 def write_set(*, out: str, num_clips: int, split: str = "train", frames: int = 8, size: int = REFERENCE_SIZE,

@@ -8,9 +8,12 @@
   interpret mode for CPU tests). Sequences whose length is not a multiple of 128 (temporal attention over a few
   frames, a 77-token text) take the XLA path.
 
-Orthogonal to the kernel, ``config.model.context_attention='ulysses'`` runs self-attention context parallel
-(``stiv_jax.parallel.context_attention``): an all-to-all over the ``context`` mesh axis gives every device the
-whole sequence for a subset of heads, and the chosen kernel runs there.
+Orthogonal to the kernel, ``config.model.context_attention`` runs self-attention context parallel where its
+sequence is sharded (``stiv_jax.parallel.context_attention``): ``ulysses`` (an all-to-all over the ``context``
+mesh axis gives every device the whole sequence for a subset of heads, and the chosen kernel runs there),
+``ring`` (key/value blocks travel around the context ring; its blockwise online softmax is XLA einsums with
+float32 statistics whatever the kernel) or ``hybrid`` (Ulysses with the kernel inside groups of
+``context_ulysses_size`` devices, ring across groups; the ring part's blocks are einsums too).
 
 All take ``q`` ``[batch, q_len, heads, head_dim]``, ``k``/``v`` ``[batch, kv_len, heads, head_dim]`` and an
 optional key padding mask ``kv_mask`` ``[batch, kv_len]`` (True = real token). Query rows without any valid key
@@ -134,16 +137,18 @@ def splash_attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiT
                          out_specs=tokens, check_vma=False)(q, k, v, kv_mask)
 
 
-def _ulysses(q, k, v, *, kv_mask, causal: bool, config: DiTConfig, length_name: str, batch_name: str):
-    """Context-parallel self-attention whose per-device kernel is ``config.attention_impl``."""
+def _context_parallel(q, k, v, *, kv_mask, causal: bool, config: DiTConfig, length_name: str, batch_name: str):
+    """Context-parallel self-attention (``config.context_attention``); Ulysses runs ``config.attention_impl``."""
     if config.attention_impl == "splash":
         _check_splash_platform(config)
         local = functools.partial(_splash_local, causal=causal, config=config)
     else:
         kernel = jax_nn_attention if config.attention_impl == "dot_product" else xla_attention
         local = lambda q, k, v, m: kernel(q, k, v, kv_mask=m, causal=causal)  # noqa: E731
-    return context_attention.ulysses_attention(q, k, v, mask=kv_mask, length_name=length_name,
-                                               batch_names=(batch_name,), local_attention=local)
+    return context_attention.context_parallel_attention(
+        q, k, v, method=config.context_attention, mask=kv_mask, causal=causal,
+        ulysses_size=config.context_ulysses_size, zigzag=config.ring_zigzag, length_name=length_name,
+        batch_names=(batch_name,), local_attention=local)
 
 
 def attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig, length_name: str | None = None,
@@ -151,13 +156,15 @@ def attention(q, k, v, *, kv_mask=None, causal: bool = False, config: DiTConfig,
     """Dispatches to ``config.attention_impl``; ``[batch, q_len, heads, head_dim]`` out, zero for empty rows.
 
     ``length_name`` is the logical name of a self-attention's sequence dimension (``activation_length`` or
-    ``activation_frames``); with it and ``config.context_attention='ulysses'`` the attention is context parallel.
+    ``activation_frames``); with it, a mesh that splits it and ``config.context_attention`` other than
+    ``gspmd`` the attention is context parallel.
     ``batch_name`` is the logical name of the batch dimension (``activation_batch_length`` when spatial tokens are
     folded into it, as in temporal attention).
     """
-    # Ulysses only where the sequence is split; otherwise the kernel's own path (splash keeps its shard_map).
-    if config.context_attention == "ulysses" and context_attention.sequence_shards(length_name) > 1:
-        out = _ulysses(q, k, v, kv_mask=kv_mask, causal=causal, config=config, length_name=length_name,
+    # Context parallel only where the sequence is split; otherwise the kernel's own path (splash keeps its
+    # shard_map).
+    if config.context_attention != "gspmd" and context_attention.sequence_shards(length_name) > 1:
+        out = _context_parallel(q, k, v, kv_mask=kv_mask, causal=causal, config=config, length_name=length_name,
                        batch_name=batch_name)
     else:
         impls = {"xla": xla_attention, "dot_product": jax_nn_attention,

@@ -15,8 +15,9 @@ from stiv_jax.model.sizes import size_fields
 ATTENTION_LAYOUTS = ("factorized", "full3d")
 ADALN_MODES = ("shared", "per_block")
 ATTENTION_IMPLS = ("xla", "dot_product", "splash")
-CONTEXT_ATTENTION = ("gspmd", "ulysses")
-REMAT_POLICIES = ("none", "full", "dots", "self_attention")
+CONTEXT_ATTENTION = ("gspmd", "ulysses", "ring", "hybrid")
+REMAT_POLICIES = ("none", "full", "dots", "self_attention", "offload_self_attention", "custom")
+REMAT_PLACES = ("device", "offload", "remat")   # what remat_custom does with a named tensor
 # The order of the six micro-conditions; the data pipeline yields them as float32 [batch, 6].
 MICRO_CONDITIONS = ("orig_height", "orig_width", "crop_top", "crop_left", "frame_stride", "num_frames")
 
@@ -61,9 +62,19 @@ class DiTConfig:
     decoder_depth: int = 2          # STIV blocks after un-masking, over all tokens (paper: 2)
     # --- scale ---
     scan_layers: bool = False       # nn.scan over blocks (params gain a leading `layers` axis)
-    remat_policy: str = "none"      # none | full | dots | self_attention (paper: save only SA outputs)
+    # none | full | dots | self_attention (paper: save only SA outputs) | offload_self_attention (the same tensors
+    # kept in host memory instead of HBM) | custom (per tensor name, remat_custom)
+    remat_policy: str = "none"
+    # remat_policy='custom': ((tensor name, device | offload | remat), ...); names: spatial_attention,
+    # temporal_attention, full_attention, cross_attention, ffn_hidden; unnamed tensors are recomputed
+    remat_custom: tuple = ()
     attention_impl: str = "xla"     # xla (einsum) | dot_product (jax.nn, cuDNN on GPU) | splash (TPU Pallas)
-    context_attention: str = "gspmd"  # sharded-sequence self-attention: gspmd (XLA gathers K/V) | ulysses
+    # Self-attention over a sequence sharded on the context mesh axis: gspmd (XLA gathers K/V) | ulysses
+    # (all-to-all over heads) | ring (k/v blocks around the context ring) | hybrid (Ulysses within groups of
+    # context_ulysses_size devices, ring across groups); stiv_jax/parallel/context_attention.py
+    context_attention: str = "gspmd"
+    context_ulysses_size: int = 2   # hybrid: devices per Ulysses group (divides mesh.ici.context and the heads)
+    ring_zigzag: bool = True        # causal ring/hybrid: zig-zag chunk order balances the causal work
     splash_block_q: int = 512       # splash attention block sizes (sequence lengths must be multiples)
     splash_block_kv: int = 512
     splash_block_kv_compute: int = 512
@@ -90,6 +101,9 @@ class DiTConfig:
             raise ValueError(f"config.model has unknown keys {unknown}; valid keys: {sorted(names)}")
         if values.get("size"):
             values = {**size_fields(values["size"]), **values}
+        custom = values.get("remat_custom", ())
+        values["remat_custom"] = tuple((str(n), str(p)) for n, p in (
+            custom.items() if hasattr(custom, "items") else custom))
         config = cls(**values)
         config.validate()
         return config
@@ -102,6 +116,14 @@ class DiTConfig:
         for key, valid in choices:
             if getattr(self, key) not in valid:
                 raise ValueError(f"config.model.{key}={getattr(self, key)!r}; valid: {valid}")
+        for name, place in self.remat_custom:
+            if place not in REMAT_PLACES:
+                raise ValueError(f"config.model.remat_custom[{name!r}]={place!r}; valid: {REMAT_PLACES}")
+        if self.remat_policy == "custom" and not self.remat_custom:
+            raise ValueError("config.model.remat_policy='custom' needs config.model.remat_custom "
+                             "(tensor name -> device | offload | remat)")
+        if self.context_ulysses_size < 1:
+            raise ValueError(f"config.model.context_ulysses_size={self.context_ulysses_size} must be >= 1")
         if self.width % self.num_heads:
             raise ValueError(f"config.model.width={self.width} is not divisible by num_heads={self.num_heads}")
         if self.head_dim % 4:

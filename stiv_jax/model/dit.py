@@ -20,13 +20,38 @@ from stiv_jax.model.rope import grid_positions, rope_1d, rope_2d, rope_3d
 from stiv_jax.parallel.mesh import shard_logical
 
 
-def remat_policy(name: str):
-    """The ``jax.checkpoint`` policy of ``config.model.remat_policy`` (None: no rematerialisation)."""
+# Tensors tagged with ``checkpoint_name`` in the block, the names ``config.model.remat_custom`` may place.
+REMAT_NAMES = SELF_ATTENTION_OUTPUTS + ("cross_attention", "ffn_hidden")
+
+
+def _placed(saved=(), offloaded=()):
+    """Saves ``saved`` in device memory and ``offloaded`` in pinned host memory; recomputes every other tensor."""
+    if not offloaded:
+        return jax.checkpoint_policies.save_only_these_names(*saved)
+    return jax.checkpoint_policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=list(saved), names_which_can_be_offloaded=list(offloaded),
+        offload_src="device", offload_dst="pinned_host")
+
+
+def remat_policy(name: str, custom: tuple[tuple[str, str], ...] = ()):
+    """The ``jax.checkpoint`` policy of ``config.model.remat_policy`` (None: no rematerialisation).
+
+    ``custom`` (``config.model.remat_custom``, for ``'custom'``): ``(tensor name, device | offload | remat)``
+    pairs over ``REMAT_NAMES``; ``offload`` keeps the tensor in host memory between the forward and the backward
+    pass (the device-to-host copies overlap with compute on TPU), as MaxText's offload policies do.
+    """
+    if name == "custom":
+        unknown = sorted({n for n, _ in custom} - set(REMAT_NAMES))
+        if unknown:
+            raise ValueError(f"config.model.remat_custom names {unknown} are not tagged tensors; valid: {REMAT_NAMES}")
+        return _placed(saved=[n for n, p in custom if p == "device"],
+                       offloaded=[n for n, p in custom if p == "offload"])
     policies = {
         "none": None,
         "full": jax.checkpoint_policies.nothing_saveable,       # keep only block inputs
         "dots": jax.checkpoint_policies.checkpoint_dots,         # keep every matmul output
-        "self_attention": jax.checkpoint_policies.save_only_these_names(*SELF_ATTENTION_OUTPUTS),  # paper
+        "self_attention": _placed(saved=SELF_ATTENTION_OUTPUTS),  # paper
+        "offload_self_attention": _placed(offloaded=SELF_ATTENTION_OUTPUTS),  # paper's tensors, in host memory
     }
     return policies[name]
 
@@ -35,7 +60,7 @@ def block_stack(config: DiTConfig, depth: int, name: str):
     """``depth`` STIV blocks as a callable ``(x, inputs) -> x``, scanned and/or rematerialised per config."""
     block_cls = STIVBlock
     if config.remat_policy != "none":
-        block_cls = nn.remat(STIVBlock, policy=remat_policy(config.remat_policy),
+        block_cls = nn.remat(STIVBlock, policy=remat_policy(config.remat_policy, config.remat_custom),
                              prevent_cse=not config.scan_layers)
     if config.scan_layers:
         scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},

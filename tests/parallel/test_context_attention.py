@@ -1,5 +1,6 @@
-"""Ulysses context-parallel attention equals plain attention (values and gradients) on 8 fake devices, alone and
-as the STIV DiT's self-attention (``config.model.context_attention='ulysses'``)."""
+"""Context-parallel attention equals plain attention (values and gradients) on 8 fake devices, alone (Ulysses; ring
+and hybrid in test_ring_attention.py) and as the STIV DiT's self-attention (``config.model.context_attention``
+ulysses | ring | hybrid, spatial, temporal and full-3D)."""
 import dataclasses
 import os
 import re
@@ -14,6 +15,9 @@ import pytest
 from stiv_jax.parallel import context_attention, mesh as mesh_lib
 from stiv_jax.parallel.rules import preset_rules
 from numerics import assert_close, assert_trees_close
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from test_ring_attention import normwise_error, normwise_tolerance  # noqa: E402
 
 
 def _mesh(**ici):
@@ -142,3 +146,67 @@ def test_ulysses_runs_only_where_the_sequence_is_split(monkeypatch, context, exp
     out = _run(fn, _mesh(data=8 // context, context=context), preset_rules("fsdp_context"), q, k, v)
     assert_close(out, attention_kernels.xla_attention(q, k, v), ulps=32)
     assert bool(calls) == expect_kernel_path, calls
+
+
+def _dit_helpers():
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model"))
+    import test_dit
+    return test_dit
+
+
+@pytest.mark.parametrize("method, context, layout, causal", [
+    ("ulysses", 4, "factorized", False),
+    ("ring", 8, "factorized", False),      # 4 heads: Ulysses cannot split them over 8 devices
+    ("hybrid", 4, "factorized", False),
+    ("hybrid", 8, "full3d", False),
+    ("ring", 4, "full3d", False),
+    ("ring", 2, "temporal", True),         # frames over context, causal temporal attention (zig-zag)
+    ("hybrid", 4, "temporal", True),
+])
+def test_dit_loss_and_grads_equal_the_unsharded_model(method, context, layout, causal):
+    """The whole DiT with its self-attention context parallel equals the same DiT run without a mesh. Spatial
+    tokens (factorized, full3d) or frames ("temporal": rules put ``activation_frames`` on context) are split."""
+    test_dit = _dit_helpers()
+    config = test_dit.make_config(num_heads=4, causal_temporal=causal,
+                                  attention_layout="full3d" if layout == "full3d" else "factorized")
+    inputs = test_dit.make_inputs(batch=4, frames=8 if layout == "temporal" else 4)
+    params = test_dit.init_params(config, inputs)
+
+    def loss_and_grads(model_config):
+        apply = test_dit.forward(model_config)
+        return jax.jit(jax.value_and_grad(lambda p: jnp.mean(jnp.square(apply(p, inputs)))))(params)
+
+    ref_loss, ref_grads = loss_and_grads(config)
+    rules = ((("activation_frames", "context"),) + preset_rules("fsdp") if layout == "temporal"
+             else preset_rules("fsdp_context"))
+    sharded = dataclasses.replace(config, context_attention=method, context_ulysses_size=2)
+    with mesh_lib.activate(_mesh(data=8 // context, context=context), rules):
+        loss, grads = loss_and_grads(sharded)
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])  # noqa: E731
+    # Rounding of a depth-3 stack of blocks over 64-token sequences, float32 (test_ring_attention's bound per
+    # attention, times the 3 blocks).
+    tol = 3 * normwise_tolerance(jnp.float32, 64)
+    assert normwise_error(loss, ref_loss) < tol
+    assert normwise_error(flat(grads), flat(ref_grads)) < tol, normwise_error(flat(grads), flat(ref_grads))
+
+
+@pytest.mark.parametrize("method", ["ring", "hybrid"])
+def test_ring_and_hybrid_keep_every_activation_of_the_dit_sharded(method):
+    """As for Ulysses above: each sample's tokens over context=4, the compiled forward and backward pass gathers no
+    activation; the spatial self-attention of every block moves k/v by collective-permutes."""
+    test_dit = _dit_helpers()
+    config = test_dit.make_config(num_heads=8, context_attention=method, context_ulysses_size=2)
+    params = test_dit.init_params(config, test_dit.make_inputs(batch=2))
+    inputs = test_dit.make_inputs(batch=2, frames=8)
+    inputs["latents"] = jnp.zeros((2, 8, 32, 32, 4))
+    apply = test_dit.forward(config)
+    fn = jax.grad(lambda p, x: jnp.mean(jnp.square(apply(p, x))))
+    with mesh_lib.activate(_mesh(fsdp=2, context=4), preset_rules("fsdp_context")):
+        hlo = jax.jit(fn).lower(params, inputs).compile().as_text()
+    gathers = [line.strip()[:160] for line in hlo.splitlines() if re.search(r" all-gather(-start)?\(", line)]
+    assert not gathers, "\n".join(gathers)
+    ring = 4 if method == "ring" else 2
+    blocks = config.depth + config.decoder_depth
+    # Per block at least: k, v forward (ring - 1 hops each), dk, dv backward (ring hops each).
+    permutes = len(re.findall(r" collective-permute(-start)?\(", hlo))
+    assert permutes >= blocks * (2 * (ring - 1) + 2 * ring), permutes
