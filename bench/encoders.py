@@ -26,18 +26,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from stiv_jax.encoders import bert, clip_text, t5, vae  # noqa: E402
 
 TEXT_CASES = {
-    "minilm": lambda: bert.BertEncoder(bert.BertConfig()),  # all-MiniLM-L6-v2 (the demo's)
+    "minilm": lambda: bert.BertEncoder(bert.MINILM_L6),  # all-MiniLM-L6-v2 (the demo's)
     "clip-l": lambda: clip_text.CLIPTextTransformer(clip_text.CLIPTextConfig(
         hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
         hidden_act="quick_gelu")),
-    "clip-bigg": lambda: clip_text.CLIPTextTransformer(clip_text.CLIPTextConfig()),  # 32 x 1280 x 20 (paper)
-    "t5-base": lambda: t5.T5Encoder(t5.T5Config(d_model=768, d_ff=2048, num_layers=12, num_heads=12)),
-    "t5-xxl": lambda: t5.T5Encoder(t5.T5Config()),
+    "clip-bigg": lambda: clip_text.CLIPTextTransformer(clip_text.CLIP_BIGG),  # 32 x 1280 x 20 (paper)
+    "t5-base": lambda: t5.T5Encoder(t5.T5Config(d_model=768, d_ff=2048, num_layers=12, num_heads=12,
+                                                         feed_forward_proj="gated-gelu")),
+    "t5-xxl": lambda: t5.T5Encoder(t5.T5_XXL),
 }
 VAE_CASES = {
-    "sd-vae": vae.AutoencoderKLConfig(),  # SD / SDXL: 4 channels
-    "flux-vae": vae.AutoencoderKLConfig(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
-                                        scaling_factor=0.3611, shift_factor=0.1159),
+    "sd-vae": vae.SD_VAE,  # SD / SDXL: 4 channels
+    "flux-vae": vae.FLUX_VAE,
 }
 
 
