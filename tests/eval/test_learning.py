@@ -70,7 +70,7 @@ def test_to_fvd_frames_repeats_each_frame():
 def _clip(source: str, start: float) -> bytes:
     video = np.zeros((2, 16, 16, 3), np.uint8)
     meta = dict(source=source, start_sec=start, end_sec=start + 1, start_frame=int(start * 8), scene_index=0,
-                fps=8.0, width=16, height=16, num_frames=2, duration=0.25, motion_score=0.0)
+                fps=8.0, width=16, height=16, num_frames=2, duration=0.25, motion_score=0.0, keyint=2)
     from stiv_jax.data import video_io
     return schema.encode_record(video=video_io.encode_mp4(video, fps=8), caption=f"{source}@{start}", meta=meta)
 
