@@ -73,9 +73,9 @@ def run_config(args):
 def heldout_clips(source: str, count: int, frames: int, size: int) -> tuple[np.ndarray, list[str]]:
     """uint8 ``[count, frames, size, size, 3]`` held-out clips (center crop, resized) and their captions."""
     from stiv_jax.eval import clips as clips_lib
-    from stiv_jax.eval.validation import _fit
+    from stiv_jax.eval.validation import fit_frame
     pairs = list(clips_lib.iter_captioned_clips(source, clips_lib.ClipWindows(num_frames=frames), max_clips=count))
-    return np.stack([np.stack([_fit(f, (size, size)) for f in clip]) for clip, _ in pairs]), [c for _, c in pairs]
+    return np.stack([np.stack([fit_frame(f, (size, size)) for f in clip]) for clip, _ in pairs]), [c for _, c in pairs]
 
 
 def score_checkpoint(args, samplers: dict, params, step: int, heldout: dict, fvd: dict) -> dict:

@@ -160,7 +160,7 @@ class Validator:
         ti2v = self.heldout[:c.ti2v_samples] if c.heldout else []
         if ti2v:
             grids["ti2v"] = sample([caption for _, caption in ti2v], seeds=seeds(len(ti2v), 1000),
-                                   first_frames=np.stack([_fit(clip[0], grids["t2v"].shape[2:4]) for clip, _ in ti2v]))
+                                   first_frames=np.stack([fit_frame(clip[0], grids["t2v"].shape[2:4]) for clip, _ in ti2v]))
         metrics = {}
         if ti2v and c.score_ti2v:
             metrics.update(self._ti2v_scores(sample, ti2v, grids))
@@ -189,7 +189,7 @@ class Validator:
         run's resolution, with the same captions sampled without the image (the same seeds) as the T2V row."""
         from stiv_jax.eval.learning import ti2v_fidelity
         size = grids["ti2v"].shape[2:4]
-        true = np.stack([np.stack([_fit(frame, size) for frame in clip]) for clip, _ in ti2v])
+        true = np.stack([np.stack([fit_frame(frame, size) for frame in clip]) for clip, _ in ti2v])
         unconditional = sample([caption for _, caption in ti2v], seeds=[int(self.config.seed) + 1000 + i
                                                                         for i in range(len(ti2v))])
         scores = ti2v_fidelity(samples=grids["ti2v"], true_clips=true, unconditional=unconditional)
@@ -236,7 +236,7 @@ class Validator:
             self._tb.close()
 
 
-def _fit(image_hwc: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+def fit_frame(image_hwc: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     """Center-crops to the aspect ratio of ``size_hw`` and resizes (bicubic): a held-out frame as a TI2V image."""
     from PIL import Image
     h, w = image_hwc.shape[:2]

@@ -118,7 +118,7 @@ def test_ti2v_cells_start_from_the_heldout_first_frames(validated):
     from stiv_jax.parallel import mesh as mesh_lib
     validator, params = validated["validator"], validated["params"]
     assert [caption for _, caption in validator.heldout] == ["a man talks on a phone", "cyclists ride past"]
-    first = np.stack([val._fit(clip[0], (RES, RES)) for clip, _ in validator.heldout])
+    first = np.stack([val.fit_frame(clip[0], (RES, RES)) for clip, _ in validator.heldout])
     with mesh_lib.activate(validated["mesh"], validated["rules"]):
         ti2v = validator.sample_fn(params, ["a man talks on a phone", "cyclists ride past"], seeds=[1000, 1001],
                                    first_frames=first)
