@@ -121,6 +121,9 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.model.patch_size = 2                 # spatial patch on the latent grid (INFERRED p = 2)
     c.model.temporal_patch = 1 if frames == 1 else 2  # images: 1; video: 2 (App. B, Fig. 6a)
     c.model.temporal_attention = frames > 1  # T2I has no temporal attention; T2V adds it (zero-init output)
+    # T2V grown from T2I: temporal SA enters through a learned zero-initialised gate, so the video model starts
+    # as the image model and departs from it smoothly (docs/next_stage.md; the paper does not say)
+    c.model.temporal_gate = frames > 1
     c.model.qk_norm = True                 # RMSNorm on queries and keys per head (Tab. 2 "+ QK norm")
     c.model.adaln = "shared"               # one AdaLN for every block (Tab. 2 "+ Shared AdaLN")
     c.model.micro_conditions = True        # resolution, crop, stride, frames in the condition (Tab. 2)
@@ -271,7 +274,7 @@ def from_stage(args, config, stages: dict[str, str], assign: tuple[tuple[str, st
 
 
 # Parameter-path patterns of the stage transitions (paths are '/'-joined, e.g. 'dit/block_3/temporal_attn/out/kernel').
-TEMPORAL = r"(^|/)temporal_attn/"
+TEMPORAL = r"(^|/)temporal_(attn/|gate$)"  # temporal SA and its gate
 EVERYTHING = r".*"
 
 

@@ -30,7 +30,7 @@ def get_config():
     config.model.patch_size = 2           # spatial patch on the latent grid
     config.model.temporal_patch = 1       # one latent frame per temporal token (paper video models: 2)
     config.model.attention_layout = "factorized"  # spatial SA -> temporal SA (or full3d)
-    config.model.adaln = "shared"         # one AdaLN for all blocks (or per_block)
+    config.model.adaln = "shared"         # one AdaLN for all blocks (or shared_offsets, per_block)
     config.model.micro_conditions = True  # resolution, crop, frame stride, frame count in the condition
     config.model.qk_norm = True           # RMSNorm on queries and keys
     config.model.rope_theta = 10000.0     # RoPE base

@@ -2,7 +2,8 @@
 
 Each self-attention and the FFN follow the sandwich form
 ``x = x + gate * postnorm(f(prenorm(x) * (1 + scale) + shift))``; temporal SA has no modulation unless
-``temporal_adaln``; cross-attention is ``x = x + CrossAttn(x, text)`` (PixArt-alpha).
+``temporal_adaln``, and under ``temporal_gate`` its output is scaled by a learned, zero-initialised per-channel
+gate; cross-attention is ``x = x + CrossAttn(x, text)`` (PixArt-alpha).
 """
 from __future__ import annotations
 
@@ -49,6 +50,13 @@ class STIVBlock(nn.Module):
         if cfg.adaln == "per_block":
             modulation = dense((cfg.num_modulations, d), axes=("embed", "modulation", "embed_out"), config=cfg,
                                name="adaln", zero_init=cfg.adaln_zero)(nn.silu(inputs["cond"]))
+        elif cfg.adaln == "shared_offsets":
+            # PixArt-alpha's adaLN-single: this block's learned table added to the shared modulation (PixArt
+            # initialises it at N(0, 1/d); under adaln_zero it starts at 0 so that every gate still does).
+            init = nn.initializers.zeros_init() if cfg.adaln_zero else nn.initializers.normal(d ** -0.5)
+            offsets = self.param("adaln_offsets", nn.with_logical_partitioning(init, ("modulation", "embed_out")),
+                                 (cfg.num_modulations, d), cfg.weight_dtype)
+            modulation = modulation + offsets.astype(modulation.dtype)[None]
         mods = [modulation[:, i] for i in range(cfg.num_modulations)]
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = mods[:6]
         gate = lambda g, h: g[:, None, None, :] * h  # noqa: E731
@@ -66,10 +74,15 @@ class STIVBlock(nn.Module):
                     h = modulate(h, mods[6], mods[7])
                 h = h.transpose(0, 2, 1, 3).reshape(b * s, t, d)
                 h = Attention(cfg, qk_norm=cfg.qk_norm, causal=cfg.causal_temporal,
-                              zero_init_out=cfg.zero_init_temporal_out, remat_name="temporal_attention",
+                              zero_init_out=cfg.zero_init_temporal_out and not cfg.temporal_gate,
+                              remat_name="temporal_attention",
                               length_axis="activation_frames", batch_axis="activation_batch_length",
                               name="temporal_attn")(h, angles=inputs["temporal"])
                 h = self.post_norm(h.reshape(b, s, t, d).transpose(0, 2, 1, 3))
+                if cfg.temporal_gate:
+                    g = self.param("temporal_gate", nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                                                 ("embed_out",)), (d,), cfg.weight_dtype)
+                    h = h * g.astype(h.dtype)
                 x = shard_logical(x + (gate(mods[8], h) if cfg.temporal_adaln else h), TOKENS)
         else:
             # Full 3D self-attention over all t * s tokens, 3D RoPE.

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 from stiv_jax.model.sizes import size_fields
 
 ATTENTION_LAYOUTS = ("factorized", "full3d")
-ADALN_MODES = ("shared", "per_block")
+ADALN_MODES = ("shared", "shared_offsets", "per_block")
 ATTENTION_IMPLS = ("xla", "dot_product", "splash")
 CONTEXT_ATTENTION = ("gspmd", "ulysses", "ring", "hybrid")
 REMAT_POLICIES = ("none", "full", "dots", "self_attention", "offload_self_attention", "custom")
@@ -46,10 +46,18 @@ class DiTConfig:
     sandwich_norm: bool = True      # stateless LN after each sub-layer as well as before
     # --- conditioning ---
     condition_norm: bool = True     # stateless LN on each singleton embedding before the sum (Tab. 2)
-    adaln: str = "shared"           # shared: one Linear(d -> 6d) for all blocks; per_block: one per block
+    # shared: one Linear(d -> 6d) for all blocks (Tab. 2 "+ Shared AdaLN"); shared_offsets: the same plus a
+    # learned [6, d] table per block (PixArt-alpha's adaLN-single); per_block: one Linear per block (DiT)
+    adaln: str = "shared"
     temporal_adaln: bool = False    # shift/scale/gate on temporal SA too (Fig. 6a: slightly worse)
     adaln_zero: bool = True         # zero-init the AdaLN linears so every gate starts at 0
     zero_init_temporal_out: bool = True  # zero-init temporal SA's output projection: T2V == T2I at step 0
+    # A learned per-channel gate on temporal SA's (post-normed) output, zero at init, so a T2V model grown from a
+    # T2I one starts as the T2I model and departs from it smoothly. Without it the post-norm turns any non-zero
+    # output into a unit-variance one (LN(0) = 0, but its slope at 0 is 1/sqrt(eps)). With the gate, the output
+    # projection keeps its ordinary init (a zero kernel under a zero gate would get no gradient). The paper does
+    # not say how it initialises temporal SA; the video stage configs turn the gate on.
+    temporal_gate: bool = False
     micro_conditions: bool = True   # embed MICRO_CONDITIONS into the singleton condition
     frequency_dim: int = 256        # sinusoid width of the timestep and micro-condition embeddings
     timestep_scale: float = 1000.0  # t in [0, 1] is multiplied by this before the sinusoid

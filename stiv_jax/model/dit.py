@@ -129,7 +129,7 @@ class STIVDiT(nn.Module):
         cond = SingletonCondition(cfg, name="condition")(timesteps=timesteps, pooled_text=pooled_text,
                                                          micro_conditions=micro_conditions)
         modulation = None
-        if cfg.adaln == "shared":  # one Linear(d -> 6d) reused by every block (PixArt-alpha adaLN-single)
+        if cfg.adaln != "per_block":  # one Linear(d -> 6d) reused by every block (PixArt-alpha adaLN-single)
             modulation = dense((cfg.num_modulations, d), axes=("embed", "modulation", "embed_out"), config=cfg,
                                name="adaln", zero_init=cfg.adaln_zero)(nn.silu(cond))
         inputs = dict(modulation=modulation, cond=cond, text=TextProjection(cfg, name="text_proj")(text),

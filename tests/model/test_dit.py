@@ -191,3 +191,29 @@ def test_forward_sharded_over_fsdp_context_tensor_matches_unsharded(base):
     with mesh_lib.activate(mesh, rules):
         out = forward(config)(sharded, inputs)
     assert_close(out, expected, ulps=256)   # every reduction split over fsdp x context x tensor
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_adaln_offsets_add_a_per_block_table_to_the_shared_modulation(base, scan_layers):
+    """adaLN-single with per-block offsets (PixArt-alpha): zero tables give exactly the shared-AdaLN model; a table
+    in one block changes the output (the blocks no longer see one modulation)."""
+    config, params, inputs, expected = base
+    cfg = dataclasses.replace(config, adaln="shared_offsets", scan_layers=scan_layers)
+    shapes = nn.unbox(jax.eval_shape(STIVDiT(cfg).init, jax.random.key(1), **inputs)["params"])
+    blocks = ["block_0", "block_1", "decoder_block_0"]
+    with_offsets = {k: dict(v) if isinstance(v, dict) else v for k, v in params.items()}
+    for name in blocks:
+        with_offsets[name]["adaln_offsets"] = jnp.zeros((cfg.num_modulations, cfg.width))
+    if scan_layers:
+        with_offsets = stack_block_params(stack_block_params(with_offsets, name="block"), name="decoder_block")
+        assert with_offsets["blocks"]["adaln_offsets"].shape == shapes["blocks"]["adaln_offsets"].shape
+    else:
+        assert shapes["block_0"]["adaln_offsets"].shape == (6, cfg.width)
+    run = forward(cfg)
+    assert_close(run(with_offsets, inputs), expected, ulps=256)
+    table = 0.1 * jax.random.normal(jax.random.key(3), (cfg.num_modulations, cfg.width))
+    if scan_layers:
+        with_offsets["blocks"]["adaln_offsets"] = with_offsets["blocks"]["adaln_offsets"].at[1].set(table)
+    else:
+        with_offsets["block_1"]["adaln_offsets"] = table
+    assert not np.allclose(run(with_offsets, inputs), expected, atol=1e-3)

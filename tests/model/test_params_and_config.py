@@ -171,3 +171,24 @@ def test_splash_attention_compiles_for_a_tpu_topology_ahead_of_time():
                             text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.rsplit("splash kernels:", 1)[1]) >= 2, result.stdout
+
+
+def test_adaln_offsets_parameter_count():
+    """shared_offsets = shared AdaLN + one [6, d] table per block (main and decoder), counted in the summary."""
+    shared = DiTConfig.from_config(dict(size="tiny", depth=3, decoder_depth=2))
+    offsets = DiTConfig.from_config(dict(size="tiny", depth=3, decoder_depth=2, adaln="shared_offsets"))
+    counts_shared, counts_offsets = summary.count_params(shared), summary.count_params(offsets)
+    d = shared.width
+    assert counts_offsets["blocks.adaln_offsets"] == 3 * 6 * d
+    assert counts_offsets["decoder blocks.adaln_offsets"] == 2 * 6 * d
+    assert sum(counts_offsets.values()) - sum(counts_shared.values()) == 5 * 6 * d
+    assert counts_offsets["shared AdaLN"] == counts_shared["shared AdaLN"] == d * 6 * d + 6 * d
+    assert "blocks.adaln_offsets" in summary.format_summary(offsets, counts_offsets)
+
+
+def test_temporal_gate_parameter_count():
+    plain = DiTConfig.from_config(dict(size="tiny", depth=3, decoder_depth=2))
+    gated = DiTConfig.from_config(dict(size="tiny", depth=3, decoder_depth=2, temporal_gate=True))
+    counts = summary.count_params(gated)
+    assert counts["blocks.temporal_gate"] == 3 * gated.width
+    assert sum(counts.values()) - sum(summary.count_params(plain).values()) == 5 * gated.width

@@ -1,8 +1,11 @@
 """Stage transitions: T2I -> T2V keeps the image model's function, the high-res init picks the right source per
 parameter, and mismatches are refused by name."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments import common
@@ -11,6 +14,7 @@ from stiv_jax.model.sizes import size_fields
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.stages import surgery, transition
 from stiv_jax.training import state as state_lib
+from stiv_jax.training import step as step_lib
 from stiv_jax.model.bundle import build_model_bundle
 from stiv_jax.training.optimizer import build_optimizer
 from numerics import assert_close
@@ -120,7 +124,7 @@ def test_high_res_t2v_takes_spatial_from_t2i_512_and_temporal_from_t2v_256(tmp_p
     from_t2v = surgery.flatten(jax.device_get(t2v.ema_params))
     counts = {"t2i": 0, "t2v": 0, "inflated": 0}
     for path, value in got.items():
-        if "/temporal_attn/" in path:
+        if re.search(common.TEMPORAL, path):   # temporal SA and its gate
             np.testing.assert_array_equal(value, from_t2v[path], err_msg=path)
             assert path not in from_t2i, path  # the image model has no temporal attention
             counts["t2v"] += 1
@@ -134,7 +138,8 @@ def test_high_res_t2v_takes_spatial_from_t2i_512_and_temporal_from_t2v_256(tmp_p
             np.testing.assert_array_equal(value, from_t2i[path], err_msg=path)
             counts["t2i"] += 1
     depth = size_fields(config.model.size)["depth"]
-    assert counts["t2v"] == (depth + config.model.decoder_depth) * 10, counts
+    # Per block: temporal SA's 10 tensors (q/k/v/out kernels and biases, 2 QK-norm scales) and the gate.
+    assert counts["t2v"] == (depth + config.model.decoder_depth) * 11, counts
     assert counts["inflated"] == 3 and counts["t2i"] > 20, counts
     # T2V-256's unused spatial weights are reported as dropped; T2I-512 gives everything it has.
     assert "of t2v" in reports[0] and "of t2i" not in reports[0]
@@ -171,3 +176,48 @@ def test_missing_source_checkpoint_names_the_config_key(tmp_path):
     config.init.sources.t2i = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="config.init.sources.t2i"):   # before the state is touched
         transition.initialize_from_sources(config, state=None)
+
+
+def _t2v_after_temporal_steps(t2i_dir, *, gate: bool, steps: int = 3):
+    """A T2V model initialised from ``t2i_dir`` after ``steps`` Adam steps (lr 1e-4) of its temporal branch only
+    (the spatial weights stay the image model's, so any change is the temporal branch's)."""
+    config = local_config("t2v_256", temporal_gate=gate)
+    config.init.sources.t2i = str(t2i_dir)
+    bundle, state = fresh_state(config)
+    params = transition.initialize_from_sources(config, state, log=lambda _: None).params
+    temporal = {path for path in surgery.flatten(params) if re.search(common.TEMPORAL, path)}
+    assert temporal, "no temporal parameters"
+    res, frames = config.data.resolution, config.data.frames
+    rng = np.random.default_rng(0)
+    ids, mask = (jnp.asarray(a) for a in bundle.tokenize(["a red kite over the sea", "a dog runs"]))
+    batch = dict(video=jnp.asarray(rng.integers(0, 256, (2, frames, res, res, 3), dtype=np.uint8)),
+                 text_ids=ids, text_mask=mask,
+                 micro_conditions=jnp.asarray([[res, res, 0.0, 0.0, 3.0, frames]] * 2, jnp.float32))
+    grad_fn = jax.jit(jax.grad(step_lib.make_loss_fn(config, bundle)))
+    tx = optax.adam(1e-4)
+    opt_state = tx.init(params)
+    for i in range(steps):
+        grads = surgery.flatten(grad_fn(params, batch, jax.random.key(i)))
+        grads = surgery.unflatten({p: g if p in temporal else jnp.zeros_like(g) for p, g in grads.items()})
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return bundle, params
+
+
+def test_gated_temporal_branch_departs_from_t2i_smoothly(t2i_256_stage):
+    """Three small steps of the new temporal branch: with the zero-initialised gate after the post-norm the video
+    model stays the image model frame by frame (relative change ~1e-4); with the zero-initialised output projection
+    alone, the post-norm (slope 1/sqrt(eps) at 0) blows the first non-zero output up to unit variance (~0.4)."""
+    t2i_dir, t2i_bundle, t2i_state = t2i_256_stage
+    change = {}
+    for gate in (True, False):
+        bundle, params = _t2v_after_temporal_steps(t2i_dir, gate=gate)
+        f, h, w, c = bundle.latent_shape
+        frames = np.random.default_rng(1).normal(size=(2, f // 2, 1, h, w, c)).astype(np.float32)
+        video = np.repeat(frames, 2, axis=2).reshape(2, f, h, w, c)   # static per temporal token (patch 2)
+        got = velocity(bundle, params, jnp.asarray(video))
+        want = velocity(t2i_bundle, t2i_state.ema_params, jnp.asarray(video.reshape(2 * f, 1, h, w, c)),
+                        repeat=f).reshape(2, f, h, w, c)
+        change[gate] = max(np.linalg.norm(got[:, i] - want[:, i]) / np.linalg.norm(want[:, i]) for i in range(f))
+    assert change[True] < 1e-3, change
+    assert change[False] > 0.05, change
