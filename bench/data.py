@@ -191,7 +191,7 @@ def step_consumption(paper_config: str) -> tuple[float, str]:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config(arg)
-    bundle = build_model_bundle(config)
+    bundle = build_model_bundle(config, abstract=True)   # shapes only: no encoder weights needed
     step_flops = flops.train_step_flops(bundle.dit.config, latent_shape=bundle.latent_shape,
                                         text_length=bundle.text_length, text_dim=config.text.dim,
                                         batch_size=config.data.batch_size)

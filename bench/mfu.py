@@ -65,7 +65,8 @@ def stage_config(args, *, attention: str, remat: str, batch: int):
     spec = importlib.util.spec_from_file_location("bench_stage", os.path.join(ROOT, args.config))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    config = module.get_config(f"size={args.size}")
+    # The stand-in encoders: no VAE / CLIP weights on a benchmark host, and the step's model FLOPs are the DiT's.
+    config = module.get_config(f"size={args.size},stand_ins")
     with config.unlocked():
         config.data.resolution, config.data.frames, config.data.batch_size = args.resolution, args.frames, batch
         config.data.buckets = ()

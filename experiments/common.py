@@ -7,6 +7,9 @@ its weights start from) and gets the full config back. ``arg`` is big_vision sty
   size=XL|XXL|M|tiny   model size of Tab. 1 (tiny: 2 blocks, 64 wide, for CPU runs and tests)
   runlocal             a CPU-sized run of the same stage: tiny model, 32x32 pixels, few frames and steps,
                        the demo shards (``make demo`` builds runs/demo_data)
+  stand_ins            train on the stand-in encoders (space-to-depth pixels, a trainable byte text encoder) at full
+                       size instead of the paper's frozen VAE and CLIP-bigG (whose local paths a run needs:
+                       --config.latent.path, --config.text.path, docs/pretrained_checkpoints.md)
   root=DIR             where the stage workdirs live; a stage's source checkpoints are ``{root}/{stage}_{size}``
   unmasked             the stage's unmasked fine-tune (§2.7/5.1): all tokens, from this stage's finished MaskDiT
                        run ``{root}/{stage}_{size}``, 100k steps for video (50k for images), written to
@@ -45,7 +48,7 @@ M_512_VIDEO_LAYOUTS = {
     "v5e": {"masked": dict(grad_accum_steps=2, context=2, **_ULYSSES),
             "unmasked": dict(grad_accum_steps=4, context=4, **_ULYSSES)},
 }
-STAGE_DEFAULTS = dict(size="XL", runlocal=False, root="runs", unmasked=False, tpu="v5p")
+STAGE_DEFAULTS = dict(size="XL", runlocal=False, stand_ins=False, root="runs", unmasked=False, tpu="v5p")
 UNMASKED_STEPS = {"image": 50_000, "video": 100_000}  # unmasked fine-tune after MaskDiT (§2.7, §5.1)
 
 
@@ -146,22 +149,27 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.model.dtype = "float32" if local else "bfloat16"  # compute dtype (INFERRED bf16 on TPU)
     c.model.param_dtype = "float32"        # master weights stay fp32
 
+    stand_ins = local or bool(args.get("stand_ins", False))
     c.latent = ml_collections.ConfigDict()
-    # No VAE weights ship with the code: the default is a lossless space-to-depth stand-in; pod runs point at a
-    # local diffusers AutoencoderKL with --config.latent.kind=vae --config.latent.path=DIR (paper: frozen 8-ch VAE).
-    c.latent.kind = "pixels"               # pixels | vae
+    # The paper's frozen per-frame VAE (§2.1: 8 channels, 8x), loaded from a local diffusers AutoencoderKL; a run
+    # without latent.path is refused (stiv_jax/encoders/pretrained.py). runlocal and stand_ins: space-to-depth.
+    c.latent.kind = "pixels" if stand_ins else "vae"  # vae | pixels (stand-in)
     c.latent.factor = 4 if local else 8    # spatial compression (paper VAE: 8x, INFERRED; checked against the VAE)
     c.latent.path = ""                     # kind=vae: AutoencoderKL directory (config.json + safetensors)
+    c.latent.channels = 8                  # kind=vae: latent channels (paper 8; SD-VAE ablation 4); checked
+    c.latent.preset = "sd_vae"             # kind=vae: architecture the fit check compiles without the files
     c.latent.frame_chunk = 16              # kind=vae: frames encoded/decoded per VAE call (bounds memory)
 
     c.text = ml_collections.ConfigDict()
-    # The same for text: a trainable token-embedding stand-in by default; pod runs load a local checkpoint with
-    # --config.text.kind=clip --config.text.path=DIR (paper: frozen internal CLIP-bigG, 1280 wide).
-    c.text.kind = "token_embedding"        # token_embedding | clip | t5 | bert
+    # The paper's frozen CLIP-bigG text tower (§2.3: 32 layers, 1280 wide) over the T5 tokenizer, both from local
+    # directories; runlocal and stand_ins: a trainable byte-embedding encoder.
+    c.text.kind = "token_embedding" if stand_ins else "clip"  # clip | t5 | bert | token_embedding (stand-in)
     c.text.path = ""                       # pretrained encoder directory (transformers safetensors checkpoint)
-    c.text.tokenizer = ml_collections.ConfigDict(dict(kind="", path=""))  # "": the encoder's own tokenizer
+    c.text.preset = "clip_bigg"            # clip: architecture the fit check compiles without the files
+    # sentencepiece: T5's spiece.model (the paper's tokenizer); path "" = beside the encoder in text.path
+    c.text.tokenizer = ml_collections.ConfigDict(dict(kind="" if stand_ins else "sentencepiece", path=""))
     c.text.dim = 64 if local else 1280     # text embedding width (CLIP-bigG: 1280; checked against the checkpoint)
-    c.text.max_length = 32 if local else 128  # tokens per caption (not stated in the paper)
+    c.text.max_length = 32 if local else 77  # tokens per caption (not stated; CLIP's 77 positions)
     c.text.frozen = True                   # pretrained encoders stay frozen, outside the train state
 
     c.data = ml_collections.ConfigDict()

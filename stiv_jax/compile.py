@@ -167,7 +167,7 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     rules = mesh_lib.logical_rules(config.mesh)
     with config.unlocked():
         config.data.frames, config.data.resolution = bucket.frames, bucket.height
-    bundle = build_model_bundle(config)
+    bundle = build_model_bundle(config, abstract=True)   # frozen encoders: their shapes, no weight files read
     tx = build_optimizer(config.optim)
     start = time.perf_counter()
     result = FitResult(bucket.name + f" batch {bucket.batch_size}", bucket.batch_size / len(devices), 0.0)
@@ -177,7 +177,8 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=mesh_lib.batch_sharding(mesh, rules, v.ndim))
              for k, v in batch_specs(config, bucket).items()}
     frozen_boxed = bundle.frozen_boxed_params(batch)   # frozen encoders: step arguments, sharded by their names
-    frozen = abstract_with_shardings(jax.eval_shape(lambda: nn.unbox(frozen_boxed)),
+    frozen = abstract_with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                  nn.unbox(frozen_boxed)),
                                      state_lib.frozen_shardings(frozen_boxed, mesh, rules))
     step = jax.jit(make_train_step(config, bundle, tx), in_shardings=(shardings, None, None),
                    out_shardings=(shardings, None), donate_argnums=0)

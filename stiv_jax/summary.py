@@ -129,7 +129,7 @@ def main(argv):
     run_config = _CONFIG.value
     # As build_model_bundle does, without loading the text encoder's weights (only its width matters).
     config = DiTConfig.from_config(dict(run_config.model, text_dim=run_config.text.dim,
-                                        latent_channels=build_latent_space(run_config.latent).channels))
+                                        latent_channels=build_latent_space(run_config.latent, abstract=True).channels))
     print(format_summary(config, count_params(config)))
 
 

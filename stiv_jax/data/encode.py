@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from stiv_jax.data import decoders, schema, video_io
 from stiv_jax.encoders.latent import build_latent_space
+from stiv_jax.encoders.pretrained import require_checkpoints
 from stiv_jax.encoders.text import build_text_encoder
 
 
@@ -90,6 +91,7 @@ class DeviceEncoder:
     """Jitted latent + text encoding of host batches, split over this host's local devices."""
 
     def __init__(self, config, *, batch_size: int, dtype: str = "float32"):
+        require_checkpoints(config)   # one error naming every missing encoder path
         self.latent_space = build_latent_space(config.latent)
         self.text_encoder = build_text_encoder(config.text)
         self.pretrained_text = self.text_encoder.pretrained_params is not None

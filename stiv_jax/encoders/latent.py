@@ -34,23 +34,33 @@ class PixelSpace:
         return rearrange(latents, "b t h w (p q c) -> b t (h p) (w q) c", p=f, q=f)
 
 
-def build_latent_space(latent_config):
+def build_latent_space(latent_config, *, abstract: bool = False):
     """The latent space named by ``config.latent.kind``.
 
     ``pixels``: ``PixelSpace(factor)``. ``vae``: a frozen diffusers AutoencoderKL loaded from
     ``config.latent.path`` (a local directory, one of its .safetensors files, or a Hugging Face cache repository
     with its subfolder: ``.../models--ORG--NAME/vae``), processing ``config.latent.frame_chunk`` frames at a time; ``config.latent.factor``
-    must equal its spatial compression (8 for every public AutoencoderKL).
+    must equal its spatial compression (8 for every public AutoencoderKL) and ``config.latent.channels`` (when
+    set) its latent channels. ``abstract``: the VAE gets ``ShapeDtypeStruct`` params from
+    ``pretrained.abstract_vae_space`` (its ``config.json`` if there, else the preset; no weights read: the fit check).
     """
     kind = latent_config.kind
     if kind == "pixels":
         return PixelSpace(factor=latent_config.factor)
     if kind == "vae":
+        from stiv_jax.encoders import pretrained
         from stiv_jax.encoders.vae_space import load_vae_space
-        if not latent_config.get("path", ""):
+        if abstract:
+            space = pretrained.abstract_vae_space(latent_config)
+        elif not latent_config.get("path", ""):
             raise ValueError("config.latent.path is empty: latent.kind='vae' needs a diffusers AutoencoderKL "
                              "directory (config.json + diffusion_pytorch_model.safetensors).")
-        space = load_vae_space(latent_config.path, frame_chunk=int(latent_config.get("frame_chunk", 16)))
+        else:
+            space = load_vae_space(latent_config.path, frame_chunk=int(latent_config.get("frame_chunk", 16)))
+        if latent_config.get("channels", 0) and int(latent_config.channels) != space.channels:
+            raise ValueError(f"config.latent.channels={latent_config.channels} but the VAE at "
+                             f"{latent_config.get('path', '')!r} has {space.channels} latent channels; set "
+                             f"config.latent.channels={space.channels}.")
         if latent_config.get("factor", space.factor) != space.factor:
             raise ValueError(f"config.latent.factor={latent_config.factor} but the VAE at {latent_config.path!r} "
                              f"compresses by {space.factor}; set config.latent.factor={space.factor}.")

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stiv_jax.encoders import bert, checkpoint_dir, clip_text, t5, text_embedding, text_tokenizers
+from stiv_jax.encoders import bert, checkpoint_dir, clip_text, pretrained, t5, text_embedding, text_tokenizers
 from stiv_jax.encoders.text_types import TextEmbeddings
 
 _LOADERS: dict[str, Callable[[str], tuple[nn.Module, dict]]] = {
@@ -72,6 +72,7 @@ class TextEncoder:
     dim: int
     frozen: bool
     pretrained_params: Any = None  # plain nested dict for pretrained kinds, None for trainable ones
+    abstract: bool = False  # pretrained_params are ShapeDtypeStructs (fit check without the weight files)
 
     @functools.cached_property
     def frozen_params(self):
@@ -104,16 +105,21 @@ class TextEncoder:
         ids = jnp.zeros((1, 2), jnp.int32)
         abstract = jax.eval_shape(self.module.init, jax.random.key(0), ids, jnp.ones((1, 2), bool))["params"]
         is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
-        return jax.tree.map(lambda box, value: box.replace_boxed(jnp.asarray(value)) if is_box(box) else
-                            jnp.asarray(value), abstract, self.pretrained_params, is_leaf=is_box)
+        as_array = lambda v: v if isinstance(v, jax.ShapeDtypeStruct) else jnp.asarray(v)  # noqa: E731
+        return jax.tree.map(lambda box, value: box.replace_boxed(as_array(value)) if is_box(box) else
+                            as_array(value), abstract, self.pretrained_params, is_leaf=is_box)
 
     def apply(self, variables: dict, ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         out = self.encode(variables["params"], ids, mask)
         return out.sequence, out.pooled
 
 
-def build_text_encoder(text_config) -> TextEncoder:
-    """The text encoder named by `config.text.kind`, loaded from local files (see the module docstring)."""
+def build_text_encoder(text_config, *, abstract: bool = False) -> TextEncoder:
+    """The text encoder named by `config.text.kind`, loaded from local files (see the module docstring).
+
+    `abstract`: a CLIP is built by `pretrained.abstract_clip_module` (its `config.json` if there, else the preset)
+    with `ShapeDtypeStruct` params and `pretrained.ShapeOnlyTokenizer`, reading no files but config.json (the fit check); other kinds load.
+    """
     kind = text_config.kind
     if kind not in KINDS:
         raise ValueError(f"config.text.kind={kind!r} is not known; valid kinds: {list(KINDS)}")
@@ -123,8 +129,13 @@ def build_text_encoder(text_config) -> TextEncoder:
     # The tokenizer files sit beside the weights: a checkpoint given as its .safetensors file means its directory.
     tokenizer_path = resolve_path(tokenizer_config.get("path", "") or "") or (
         os.path.dirname(path) if path.endswith(".safetensors") else path)
-    tokenizer = text_tokenizers.build_tokenizer(tokenizer_kind, tokenizer_path)
     max_length = int(text_config.max_length)
+    if abstract and kind == "clip":
+        module = pretrained.abstract_clip_module(text_config)
+        params = nn.unbox(pretrained.abstract_params(module, 2))
+        tokenizer = pretrained.ShapeOnlyTokenizer()
+        return _checked_encoder(text_config, kind, module, tokenizer, max_length, params, abstract=True)
+    tokenizer = text_tokenizers.build_tokenizer(tokenizer_kind, tokenizer_path)
 
     if kind == "token_embedding":
         module = text_embedding.TokenEmbeddingEncoder(dim=text_config.dim)
@@ -144,6 +155,17 @@ def build_text_encoder(text_config) -> TextEncoder:
     if tokenizer.vocab_size > vocab:
         raise ValueError(f"The {tokenizer_kind} tokenizer at {tokenizer_path!r} has {tokenizer.vocab_size} ids but "
                          f"the {kind} encoder at {path!r} embeds only {vocab}; change config.text.tokenizer.")
+    return _checked_encoder(text_config, kind, module, tokenizer, max_length, params)
+
+
+def _checked_encoder(text_config, kind, module, tokenizer, max_length, params, *, abstract=False) -> TextEncoder:
+    """The `TextEncoder`, after checking `text.dim` and `text.max_length` against the module."""
+    path = text_config.get("path", "")
+    positions = getattr(module.config, "max_position_embeddings", None)
+    if kind == "clip" and positions is not None and max_length > positions:
+        raise ValueError(f"config.text.max_length={max_length} but the CLIP text encoder "
+                         f"{'preset' if abstract else 'at ' + repr(path)} has {positions} positions; set "
+                         f"config.text.max_length<={positions}.")
     probe = jax.eval_shape(lambda p: module.apply({"params": p}, jnp.zeros((1, 2), jnp.int32),
                                                   jnp.ones((1, 2), bool)), params)
     dim = probe.sequence.shape[-1]
@@ -151,4 +173,4 @@ def build_text_encoder(text_config) -> TextEncoder:
         raise ValueError(f"config.text.dim={text_config.dim} but the {kind} checkpoint at {path!r} outputs {dim}; "
                          f"set config.text.dim={dim}.")
     return TextEncoder(kind, module, tokenizer, max_length, dim, frozen=bool(text_config.get("frozen", True)),
-                       pretrained_params=params)
+                       pretrained_params=params, abstract=abstract)

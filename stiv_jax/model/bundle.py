@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stiv_jax.encoders.latent import build_latent_space
+from stiv_jax.encoders.pretrained import require_checkpoints
 from stiv_jax.encoders.text import TextEncoder, build_text_encoder
 from stiv_jax.model.config import DiTConfig
 from stiv_jax.model.dit import STIVDiT
@@ -49,8 +50,13 @@ class ModelBundle:
         text_rng, dit_rng = jax.random.split(rng)
         ids = jnp.zeros((1, self.text_length), jnp.int32)
         mask = jnp.ones((1, self.text_length), bool)
-        text_params = {} if self.text_encoder.frozen else self.text_encoder.init(text_rng, ids, mask)["params"]
-        seq, pooled = self.encode_text({"text": text_params}, ids, mask)
+        if self.text_encoder.frozen:   # the DiT's init needs only the embeddings' shapes
+            text_params = {}
+            seq = jnp.zeros((1, self.text_length, self.text_encoder.dim))
+            pooled = jnp.zeros((1, self.text_encoder.dim))
+        else:
+            text_params = self.text_encoder.init(text_rng, ids, mask)["params"]
+            seq, pooled = self.encode_text({"text": text_params}, ids, mask)
         latents = jnp.zeros((1,) + self.latent_shape)
         dit_params = self.dit.init(dit_rng, latents, timesteps=jnp.zeros((1,)), text=seq, text_mask=mask,
                                    pooled_text=pooled, micro_conditions=self.micro_conditions(1))["params"]
@@ -92,6 +98,10 @@ class ModelBundle:
         if not self.text_encoder.frozen:
             raise ValueError(f"batches with precomputed text_embeddings need a frozen text encoder, but "
                              f"config.text.kind={self.text_encoder.kind!r} is trainable")
+        if self.text_encoder.abstract:   # fit check without the weights: a constant of the right shape
+            length, dim = self.text_length, self.text_encoder.dim
+            mask = jnp.zeros((1, length), bool).at[:, 0].set(True)
+            return jnp.zeros((1, length), jnp.int32), mask, (jnp.zeros((1, length, dim)), jnp.zeros((1, dim)))
         ids, mask = (jnp.asarray(a) for a in self.tokenize([""]))
         with jax.ensure_compile_time_eval():
             return ids, mask, tuple(jnp.asarray(x) for x in self.encode_text({}, ids, mask))
@@ -144,10 +154,16 @@ def lora_fields(config) -> dict:
                 lora_dropout=float(lora.get("dropout", 0.0)), lora_targets=str(lora.get("targets", "")))
 
 
-def build_model_bundle(config) -> ModelBundle:
-    """All model pieces from ``config`` (``model``, ``text``, ``latent``, ``data``, ``diffusion`` sections)."""
-    latent_space = build_latent_space(config.latent)
-    text_encoder = build_text_encoder(config.text)
+def build_model_bundle(config, *, abstract: bool = False) -> ModelBundle:
+    """All model pieces from ``config`` (``model``, ``text``, ``latent``, ``data``, ``diffusion`` sections).
+
+    Pretrained encoders whose files are absent: one error naming every missing key (``require_checkpoints``);
+    ``abstract=True`` (the fit check) builds them with ``ShapeDtypeStruct`` weights instead.
+    """
+    if not abstract:
+        require_checkpoints(config)
+    latent_space = build_latent_space(config.latent, abstract=abstract)
+    text_encoder = build_text_encoder(config.text, abstract=abstract)
     model_config = DiTConfig.from_config(dict(config.model, latent_channels=latent_space.channels,
                                               text_dim=text_encoder.dim, **lora_fields(config)))
     res = config.data.resolution
