@@ -108,20 +108,34 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
     return list(desc.devices)
 
 
-def batch_specs(config, bucket) -> dict:
-    """Shapes and dtypes of one global batch of ``bucket``, as the data pipeline emits it (``kind='video'``)."""
+def batch_specs(config, bucket, *, latent_shape=None) -> dict:
+    """Shapes and dtypes of one global batch of ``bucket``, as the data pipeline emits it.
+
+    ``config.data.kind='video'``: uint8 ``video`` ``[b, frames, height, width, 3]`` and token ids (the step runs
+    the frozen VAE and text encoder). ``'latent'``: precomputed ``latents`` ``[b, *latent_shape]`` and
+    ``text_embeddings`` ``[b, max_length, text.dim]`` / ``pooled_text`` ``[b, text.dim]`` in bfloat16 (what
+    ``stiv_jax.data.encode --dtype=bfloat16`` stores), so the step holds no encoder. ``latent_shape``:
+    ``[frames, height, width, channels]`` of one latent clip (``ModelBundle.latent_shape``), for ``'latent'``.
+    """
     import jax
     import jax.numpy as jnp
-    kind = config.data.get("kind", "video")
-    if kind != "video":
-        raise ValueError(f"config.data.kind={kind!r}: the fit check builds 'video' batches only")
+    kind = config.data.kind
     b, length = bucket.batch_size, config.text.max_length
-    return {"video": jax.ShapeDtypeStruct((b, bucket.frames, bucket.height, bucket.width, 3), jnp.uint8),
-            "micro_conditions": jax.ShapeDtypeStruct((b, 6), jnp.float32),
-            "fps": jax.ShapeDtypeStruct((b,), jnp.float32),
-            "record_id": jax.ShapeDtypeStruct((b,), jnp.int32),
-            "text_ids": jax.ShapeDtypeStruct((b, length), jnp.int32),
-            "text_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_)}
+    specs = {"micro_conditions": jax.ShapeDtypeStruct((b, 6), jnp.float32),
+             "fps": jax.ShapeDtypeStruct((b,), jnp.float32),
+             "record_id": jax.ShapeDtypeStruct((b,), jnp.int32),
+             "text_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_)}
+    if kind == "video":
+        return dict(specs, video=jax.ShapeDtypeStruct((b, bucket.frames, bucket.height, bucket.width, 3), jnp.uint8),
+                    text_ids=jax.ShapeDtypeStruct((b, length), jnp.int32))
+    if kind == "latent":
+        if latent_shape is None:
+            raise ValueError("config.data.kind='latent': batch_specs needs the latent_shape of one clip")
+        dim = config.text.dim
+        return dict(specs, latents=jax.ShapeDtypeStruct((b, *latent_shape), jnp.bfloat16),
+                    text_embeddings=jax.ShapeDtypeStruct((b, length, dim), jnp.bfloat16),
+                    pooled_text=jax.ShapeDtypeStruct((b, dim), jnp.bfloat16))
+    raise ValueError(f"config.data.kind={kind!r}: the fit check builds 'video' or 'latent' batches")
 
 
 @dataclasses.dataclass
@@ -175,7 +189,7 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     abstract, shardings = state_lib.state_shardings(lambda: bundle.init_boxed_params(jax.random.key(0)), tx,
                                                     mesh, rules, trainable=finetune.trainable_patterns(config))
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=mesh_lib.batch_sharding(mesh, rules, v.ndim))
-             for k, v in batch_specs(config, bucket).items()}
+             for k, v in batch_specs(config, bucket, latent_shape=bundle.latent_shape).items()}
     frozen_boxed = bundle.frozen_boxed_params(batch)   # frozen encoders: step arguments, sharded by their names
     frozen = abstract_with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                                   nn.unbox(frozen_boxed)),

@@ -110,3 +110,24 @@ def test_fit_check_compiles_a_stage_config_with_the_real_encoder_shapes_without_
     bundle = build_model_bundle(config, abstract=True)
     assert bundle.latent_shape == (4, 4, 4, 8) and bundle.dit.config.text_dim == 32
     assert not os.path.exists(os.path.join(clip, "model.safetensors"))
+
+
+def test_fit_check_of_precomputed_latent_batches_holds_no_encoder(tmp_path):
+    """data.kind=latent (stiv_jax.data.encode output): the step takes bf16 latents and text embeddings, and the
+    VAE and CLIP stay out of the compiled program."""
+    from stiv_jax import compile as compile_lib
+    from stiv_jax.data.buckets import video_buckets
+    clip, vae = _tiny_encoder_configs(tmp_path)
+    config = load("t2v_256", "size=tiny")
+    config.latent.path, config.text.path, config.text.dim, config.text.max_length = vae, clip, 32, 16
+    config.data.resolution, config.data.frames, config.data.batch_size = 32, 4, 8
+    config.data.kind = "latent"
+    config.model.attention_impl, config.model.dtype = "xla", "float32"
+    specs = compile_lib.batch_specs(config, video_buckets(config.data)[0], latent_shape=(4, 4, 4, 8))
+    assert specs["latents"].shape == (8, 4, 4, 4, 8) and specs["text_embeddings"].shape == (8, 16, 32)
+    assert "video" not in specs and "text_ids" not in specs
+    results = compile_lib.fit_check(config, compile_lib.parse_topology("cpu-8", hbm_gib=16), log=lambda *_: None)
+    assert len(results) == 1 and not results[0].error and results[0].flops > 0
+    hlo = results[0].hlo_text
+    assert "f32[3,3,3,8]" not in hlo and "CLIPTextTransformer" not in hlo   # no VAE conv_in, no CLIP op
+    assert "bf16[1,4,4,4,8]" in hlo   # this chip's shard of the latent batch   # this chip's shard of the latent batch
