@@ -178,6 +178,7 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.data.batch_size = 8 if local else batch_size  # global batch (divisible by the batch mesh axes)
     c.data.frames = min(frames, 4) if local else frames  # frames per training clip (1 = image stage)
     c.data.frame_stride = 2 if local else frame_stride   # keep 1 of every N source frames (App. B: 3)
+    c.data.frame_strides = ()              # ((stride, weight), ...): per-sample strides; () = frame_stride only
     c.data.resolution = 32 if local else resolution      # square crop side in pixels
     c.data.random_crop = True              # random temporal and spatial crop (else center)
     c.data.buckets = ()                    # ((frames, height, width, global_batch[, weight]), ...); () = one

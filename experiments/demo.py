@@ -60,6 +60,7 @@ def get_config():
     config.data.batch_size = 8            # global batch (divisible by the batch mesh axes and by the hosts)
     config.data.frames = 8                # frames per training clip
     config.data.frame_stride = 2          # keep 1 of every 2 source frames (paper: 3)
+    config.data.frame_strides = ()        # ((stride, weight), ...): strides mixed per sample; () = frame_stride
     config.data.resolution = 64           # square crop side in pixels
     config.data.random_crop = True        # random temporal and spatial crop (else center)
     config.data.buckets = ()              # ((frames, height, width, global_batch[, weight]), ...); () = one bucket

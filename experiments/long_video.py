@@ -1,4 +1,4 @@
-r"""Long video: key-frame mode (stride 20, image dropout) and interpolation mode, trained jointly (§7).
+r"""Long video: key frames at stride 19 (the paper's "20") and interval interpolation, trained jointly (§7).
 
 Run (TPU pod; sizes XL, XXL, M; add root=DIR for the stage workdirs):
   python -m stiv_jax.train --config=experiments/long_video.py:size=XL --workdir=runs/long_video_XL
@@ -9,8 +9,13 @@ Unmasked fine-tune after the MaskDiT run (100k steps on all tokens, from {root}/
 Fit check (ahead-of-time compile for a TPU slice, on this host):
   python -m stiv_jax.compile --config=experiments/long_video.py:size=M --topology=v5p-256
 
-Starts from {root}/stiv_256_{size}: every weight. Key-frame mode samples frames at stride 20 with image
-dropout; interpolation mode gives the first and last frame; (20 - 1) x 20 = 380 frames at sampling.
+Starts from {root}/stiv_256_{size}: every weight. One source, two strides mixed per sample
+(``data.frame_strides``): consecutive frames (stride 1) train the interpolation mode (first and last frame
+given), and frames at stride 19 train the key-frame mode (image dropout: T2V and TI2V). 19 is the paper's
+"stride 20" read so that 20 consecutive frames (19 gaps) span exactly two neighbouring key frames; the sampler
+fills every interval at stride 1 and keeps shared key frames once: (20 - 1) x 19 + 1 = 362 frames (the paper
+counts (20 - 1) x 20 = 380 with the shared frames). Key-frame clips need 19 x 19 + 1 = 362 source frames; shorter
+clips train the interpolation mode only.
 
 Every field is commented in experiments/common.py; only what makes this stage is set here.
 """
@@ -25,4 +30,8 @@ def get_config(arg=None):
                       [(common.EVERYTHING, "stiv")])
     common.set_tasks(config, long=1.0)  # the clip's frame stride picks key-frame or interpolation mode
     config.diffusion.image_dropout = 0.08  # key frames train T2V and TI2V (§7)
+    gaps = config.data.frames - 1
+    config.data.frame_stride = 1           # interpolation mode: consecutive frames (§7)
+    config.data.frame_strides = ((1, 0.5), (gaps, 0.5))  # half interval clips, half key-frame clips
+    config.diffusion.long_keyframe_stride = gaps  # key frames one interval (frames - 1 gaps at stride 1) apart
     return config

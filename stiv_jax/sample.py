@@ -5,6 +5,7 @@ r"""Samples videos from a trained run, for any task of the model.
   python -m stiv_jax.sample --workdir=runs/demo --task=predict --video=clip.mp4 --prompt="..." --out=pred.mp4
   python -m stiv_jax.sample --workdir=runs/demo --task=long --prompt="..." --out=long.mp4
   python -m stiv_jax.sample --workdir=runs/demo --prompt_file=VBench_full_info.json --out=runs/demo/vbench
+  python -m stiv_jax.sample --workdir=runs/t2v --upsampler=runs/tup --prompt="..." --out=t2v_tup.mp4  # TUP cascade
 
 Tasks: t2v, ti2v (--image), predict / interpolate / upsample (--video), multiview (--image, empty text), long
 (key frames then interpolation; --image optional). A single prompt writes FILE.mp4 and FILE.gif; a prompt file
@@ -18,7 +19,7 @@ from absl import app, flags, logging
 from stiv_jax.diffusion.guidance import Guidance
 from stiv_jax.sampling import inputs
 from stiv_jax.sampling.generate import Generator, SolverSettings
-from stiv_jax.sampling.run import load_params, write_prompt_file, write_video  # noqa: F401 (load_params: API)
+from stiv_jax.sampling.run import Upsampler, load_params, write_prompt_file, write_video  # noqa: F401 (API)
 from stiv_jax.training import compile_cache
 
 FLAGS = flags.FLAGS
@@ -43,6 +44,8 @@ flags.DEFINE_bool("renorm", None, "CFG-renorm (default: config.sample.renorm).")
 flags.DEFINE_integer("seed", 0, "Noise seed.")
 flags.DEFINE_bool("ema", True, "Use the EMA parameters.")
 flags.DEFINE_string("adapter", None, "LoRA adapter export (stiv_jax.export --adapter) applied to --workdir's base.")
+flags.DEFINE_string("upsampler", None, "A temporal-upsampler run or export (experiments/temporal_upsampler.py) "
+                    "cascaded after the sample: twice the frames, the sampled ones at the even positions.")
 
 
 def main(argv):
@@ -60,14 +63,15 @@ def main(argv):
                                         num_steps=FLAGS.steps, shift=FLAGS.shift)
     gen = Generator(bundle, params, guidance, solver)
     clip, frame_mask = inputs.task_clip(FLAGS.task, config, image=FLAGS.image, video=FLAGS.video)
+    upsampler = Upsampler.load(FLAGS.upsampler, use_ema=FLAGS.ema) if FLAGS.upsampler else None
     if FLAGS.prompt_file is None:
         video = write_video(gen, config, FLAGS.task, FLAGS.prompt or "", FLAGS.out, seed=FLAGS.seed, clip=clip,
-                            frame_mask=frame_mask)
+                            frame_mask=frame_mask, upsampler=upsampler)
         print(f"wrote {FLAGS.out} ({video.shape[0]} frames, {video.shape[2]}x{video.shape[1]}, task {FLAGS.task})")
     else:
         written = write_prompt_file(gen, config, FLAGS.task, FLAGS.prompt_file, FLAGS.out, seed=FLAGS.seed,
                                     clip=clip, frame_mask=frame_mask, videos_per_prompt=FLAGS.videos_per_prompt,
-                                    batch_size=FLAGS.batch_size, dimension=FLAGS.dimension)
+                                    batch_size=FLAGS.batch_size, dimension=FLAGS.dimension, upsampler=upsampler)
         print(f"wrote {len(written)} videos to {FLAGS.out}")
 
 

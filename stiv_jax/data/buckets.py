@@ -3,7 +3,9 @@
 ``config.data.buckets`` is a tuple of ``(frames, height, width, batch_size[, weight])`` (global batch sizes);
 empty means one bucket ``(data.frames, data.resolution, data.resolution, data.batch_size)``. A clip goes to the
 bucket whose aspect ratio is closest to its own among those it has enough frames for (larger buckets win ties);
-images (``frames == 1``) go to ``config.data.image_buckets`` the same way. The pipeline gives each bucket its
+images (``frames == 1``) go to ``config.data.image_buckets`` the same way. ``config.data.frame_strides`` mixes
+temporal strides per sample (``frame_strides``): a clip joins a bucket when it has the frames of the smallest
+stride, and each sample draws its stride among those its clip is long enough for. The pipeline gives each bucket its
 own batch stream and interleaves the streams in proportion to their weights with grain's deterministic mix, so
 every host emits the same bucket at the same step and each compiled shape always sees the same batch size.
 """
@@ -75,6 +77,30 @@ def image_buckets(data_config) -> list[Bucket]:
     if any(b.frames != 1 for b in buckets):
         raise ValueError(f"config.data.image_buckets must have frames == 1, got {[b.name for b in buckets]}")
     return buckets
+
+
+def frame_strides(data_config) -> tuple[tuple[int, float], ...]:
+    """``((stride, weight), ...)`` of ``config.data.frame_strides`` (weights normalised), or ``frame_stride``
+    alone when it is empty. Entries are ``(stride, weight)`` pairs or bare strides (weight 1).
+
+    Raises:
+      ValueError: naming ``config.data.frame_strides`` for a stride below 1, a negative weight or no weight.
+    """
+    entries = data_config.get("frame_strides", ()) or ()
+    if not entries:
+        return ((int(data_config.frame_stride), 1.0),)
+    pairs = []
+    for entry in entries:
+        stride, weight = (entry, 1.0) if isinstance(entry, (int, float)) else tuple(entry)
+        if int(stride) != stride or stride < 1 or weight < 0:
+            raise ValueError(f"config.data.frame_strides: entry {entry!r} needs an integer stride >= 1 and a "
+                             "weight >= 0")
+        pairs.append((int(stride), float(weight)))
+    total = sum(w for _, w in pairs)
+    if total <= 0 or len({s for s, _ in pairs}) != len(pairs):
+        raise ValueError(f"config.data.frame_strides={tuple(entries)!r}: needs distinct strides and a positive "
+                         "total weight")
+    return tuple((s, w / total) for s, w in pairs)
 
 
 def assign_bucket(buckets: Sequence[Bucket], *, height: int, width: int, num_frames: int, stride: int = 1

@@ -149,8 +149,9 @@ def process_video(path: str, entries: list[dict] | None, spec: ClipSpec) -> Vide
                 uncaptioned += 1
             else:
                 clip = np.stack(buffer)
-                records.append((clip_key(source, a), _clip_record(clip, caption, source=source, start=a, fps=fps,
-                                                                  scene_index=scene_index, spec=spec)))
+                records.append((clip_key(source, a), _clip_record(
+                    clip, caption, source=source, start=a, fps=fps, scene_index=scene_index, spec=spec,
+                    source_size=(int(info["height"]), int(info["width"])))))
             buffer = []
             nxt = next(plan_iter, None)
             if nxt is None:
@@ -173,10 +174,11 @@ def motion_score(clip: np.ndarray) -> float:
 
 
 def _clip_record(clip: np.ndarray, caption: str, *, source: str, start: int, fps: float, scene_index: int,
-                 spec: ClipSpec) -> bytes:
+                 spec: ClipSpec, source_size: tuple[int, int]) -> bytes:
     keyint = min(spec.keyint, len(clip)) if spec.keyint > 0 else len(clip)
     meta = dict(source=source, start_sec=start / fps, end_sec=(start + len(clip)) / fps, start_frame=start,
                 scene_index=scene_index, fps=fps, width=int(clip.shape[2]), height=int(clip.shape[1]),
-                num_frames=len(clip), duration=len(clip) / fps, motion_score=motion_score(clip), keyint=keyint)
+                num_frames=len(clip), duration=len(clip) / fps, motion_score=motion_score(clip), keyint=keyint,
+                source_height=source_size[0], source_width=source_size[1])
     video = video_io.encode_mp4(clip, fps=fps, crf=spec.crf, keyint=keyint if spec.keyint > 0 else None)
     return schema.encode_record(video=video, caption=caption, meta=meta)

@@ -11,7 +11,8 @@ Example fields (one record; the batcher stacks them):
                     when the record has them)
   caption           str     (turned into ``text_ids``/``text_mask`` by the tokenizer in the main process)
   micro_conditions  float32 [6]: original height, original width, crop top, crop left (original pixels),
-                    frame stride, frames
+                    frame stride, frames; the original size is the source video's (``source_height`` /
+                  ``source_width`` in the record's meta) when the shard builder resized it
   fps               float32 [] frames per second after the stride
   record_id         int32   [] index of the record in its source (debugging, coverage checks)
 """
@@ -97,14 +98,30 @@ def crop_window_plan(height: int, width: int, out_h: int, out_w: int, rng: np.ra
 class ClipDecoder:
     """Decodes a tagged clip record into a fixed-shape example for its bucket (a grain ``RandomMap`` callable).
 
-    Temporal crop: ``bucket.frames`` frames at ``stride`` from a random (or centered) start; PyAV seeks to the
-    keyframe before the start and decodes only what the kept frames need (``video_io.decode_frames``). Spatial:
-    the window that covers the bucket at one scale (random or centered, ``crop_window_plan``) is cropped first,
-    then resized on uint8; the original size and crop offsets are recorded as micro-conditions.
+    Temporal crop: ``bucket.frames`` frames at a stride drawn by weight from ``strides`` (``(stride, weight)``
+    pairs, ``buckets.frame_strides``) among those the clip is long enough for, from a random (or centered) start;
+    PyAV seeks to the keyframe before the start and decodes only what the kept frames need
+    (``video_io.decode_frames``). Spatial: the window that covers the bucket at one scale (random or centered,
+    ``crop_window_plan``) is cropped first, then resized on uint8; the original size, crop offsets and the
+    sample's stride are recorded as micro-conditions.
     """
 
-    def __init__(self, buckets: Sequence[Bucket], *, stride: int, random_crop: bool, threads: int = 1):
-        self.buckets, self.stride, self.random_crop, self.threads = list(buckets), stride, random_crop, threads
+    def __init__(self, buckets: Sequence[Bucket], *, strides: Sequence[tuple[int, float]], random_crop: bool,
+                 threads: int = 1):
+        self.buckets, self.random_crop, self.threads = list(buckets), random_crop, threads
+        self.strides = tuple((int(s), float(w)) for s, w in strides)
+
+    def pick_stride(self, bucket: Bucket, available: int, rng: np.random.Generator) -> int:
+        """A stride of ``self.strides`` that ``available`` frames hold, drawn by weight (without ``random_crop``:
+        the heaviest one that fits, the smaller on ties)."""
+        fits = [(s, w) for s, w in self.strides if bucket.source_frames(s) <= available and w > 0]
+        if not fits:
+            smallest = min(s for s, _ in self.strides)
+            raise video_io.VideoDecodeError(f"{available} frames, {bucket.source_frames(smallest)} needed")
+        if not self.random_crop or len(fits) == 1:
+            return max(fits, key=lambda p: (p[1], -p[0]))[0]
+        weights = np.asarray([w for _, w in fits])
+        return fits[int(rng.choice(len(fits), p=weights / weights.sum()))][0]
 
     def __call__(self, item, rng: np.random.Generator) -> dict:
         bucket_index, record_id, data = item
@@ -114,22 +131,33 @@ class ClipDecoder:
             meta = record["meta"]
             name = f"record {record_id} ({meta['source']} @ {float(meta['start_sec']):.2f}s)"
             bucket = self.buckets[bucket_index]
-            needed = bucket.source_frames(self.stride)
             available = int(meta["num_frames"])
-            if available < needed:
-                raise video_io.VideoDecodeError(f"{available} frames, {needed} needed")
+            stride = self.pick_stride(bucket, available, rng)
+            needed = bucket.source_frames(stride)
             span = available - needed
+            if not meta.get("temporal_crop", True):   # frame order fixed from frame 0 (multi-view records)
+                span = 0
             start = int(rng.integers(0, span + 1)) if self.random_crop else span // 2
             h, w = int(meta["height"]), int(meta["width"])
             window = crop_window_plan(h, w, bucket.height, bucket.width, rng if self.random_crop else None)
             video = video_io.decode_frames(record["video"], start_frame=start, num_frames=bucket.frames,
-                                           stride=self.stride, crop=window, size=(bucket.height, bucket.width),
+                                           stride=stride, crop=window, size=(bucket.height, bucket.width),
                                            threads=self.threads)
         except (video_io.VideoDecodeError, schema.RecordError, KeyError, TypeError, ValueError) as e:
             return {SKIPPED: f"{name}: {e}"}
-        micro = np.array([h, w, window[0], window[1], self.stride, bucket.frames], np.float32)
+        micro = source_micro_conditions(meta, crop_top=window[0], crop_left=window[1], stride=stride,
+                                        frames=bucket.frames)
         return dict(video=video, caption=record["caption"], micro_conditions=micro,
-                    fps=np.float32(float(meta["fps"]) / self.stride), record_id=np.int32(record_id))
+                    fps=np.float32(float(meta["fps"]) / stride), record_id=np.int32(record_id))
+
+
+def source_micro_conditions(meta, *, crop_top: float, crop_left: float, stride: float, frames: int) -> np.ndarray:
+    """float32 ``[6]`` micro-conditions of a clip cropped at ``(crop_top, crop_left)`` stored pixels: the source
+    video's size (``meta`` source_height/source_width, else the stored size) and the crop offsets scaled to it."""
+    h, w = int(meta["height"]), int(meta["width"])
+    source_h, source_w = int(meta.get("source_height", h)), int(meta.get("source_width", w))
+    return np.array([source_h, source_w, crop_top * source_h / h, crop_left * source_w / w, stride, frames],
+                    np.float32)
 
 
 class ImageDecoder:

@@ -80,10 +80,12 @@ def prepare_clip(data: bytes, *, frames: int, frame_stride: int, resolution: int
     video = video_io.decode_frames(record["video"], start_frame=start, num_frames=frames, stride=frame_stride,
                                    crop=(top, left, win_h, win_w), size=(resolution, resolution))
     fps = float(meta["fps"])
+    source_h, source_w, crop_top, crop_left = decoders.source_micro_conditions(
+        meta, crop_top=top, crop_left=left, stride=frame_stride, frames=frames)[:4].tolist()
     latent_meta = dict(source=meta["source"], start_sec=float(meta["start_sec"]) + start / fps,
                        end_sec=float(meta["start_sec"]) + (start + needed) / fps, fps=fps, num_frames=frames,
-                       height=resolution, width=resolution, frame_stride=frame_stride, source_height=h,
-                       source_width=w, crop_top=top, crop_left=left)
+                       height=resolution, width=resolution, frame_stride=frame_stride, source_height=int(source_h),
+                       source_width=int(source_w), crop_top=crop_top, crop_left=crop_left)
     return video, record["caption"], latent_meta
 
 

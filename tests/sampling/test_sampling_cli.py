@@ -109,3 +109,24 @@ def test_missing_inputs_name_the_flag():
         inputs.task_clip("interpolate", config)
     with pytest.raises(ValueError, match="--video=.*needs 4 frames at stride 2"):
         inputs.task_clip("predict", config, video=__file__)
+
+
+def test_upsampler_cascade_writes_twice_the_frames_at_twice_the_fps(tiny_gen, tmp_path, monkeypatch):
+    config, gen = tiny_gen
+    clip, mask = inputs.task_clip("t2v", config)
+    upsampler = run.Upsampler(gen, config)   # the tiny model stands in for a TUP run
+    out = str(tmp_path / "t2v.mp4")
+    video = run.write_video(gen, config, "t2v", "a man talks", out, seed=1, clip=clip, frame_mask=mask,
+                            upsampler=upsampler)
+    plain = run.sample_task(gen, config, "t2v", ["a man talks"], seed=1, clip=clip, frame_mask=mask)[0]
+    assert video.shape == (8, 16, 16, 3)
+    np.testing.assert_array_equal(video[0::2], plain)     # the main model's frames, at the even positions
+    import av
+    with av.open(out) as container:
+        assert container.streams.video[0].average_rate == 2 * config.sample.fps
+    # A run that never trained the upsample task is refused by name.
+    t2v_only = config.copy_and_resolve_references()
+    t2v_only.diffusion.tasks = dict(t2v=1.0)
+    monkeypatch.setattr(run, "load_params", lambda workdir, use_ema=True: (t2v_only, None, None))
+    with pytest.raises(ValueError, match=r"--upsampler='runs/t2v' did not train the upsample task"):
+        run.Upsampler.load("runs/t2v")
