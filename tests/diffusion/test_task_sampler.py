@@ -43,12 +43,18 @@ def test_sampler_with_one_task_gives_its_layout_to_every_sample(task):
 
 
 def test_long_task_mode_follows_the_frame_stride_micro_condition():
-    sampler = _sampler({"long": 1.0}, long_keyframe_stride=20)
-    cond = sampler(jax.random.key(0), 4, np.array([3.0, 20.0, 2.0, 40.0]))
+    sampler = _sampler({"long": 1.0}, long_keyframe_stride=21)   # 8 frames: 7 gaps at stride 3
+    cond = sampler(jax.random.key(0), 4, np.array([3.0, 21.0, 2.0, 40.0]))
     layout = [tasks.LAYOUTS[i] for i in np.asarray(cond.layout)]
     assert layout == ["long_interpolate", "long_keyframe", "long_interpolate", "long_keyframe"]
     np.testing.assert_array_equal(np.asarray(cond.frame_mask)[1], tasks.task_frame_mask("long_keyframe", F))
     np.testing.assert_array_equal(np.asarray(cond.frame_mask)[0], tasks.task_frame_mask("long_interpolate", F))
+
+
+def test_long_task_refuses_key_frames_no_interval_can_fill():
+    with pytest.raises(ValueError, match=r"long_keyframe_stride=20 with config.data.frames=8.*multiple of 7"):
+        _sampler({"long": 1.0}, long_keyframe_stride=20)
+    _sampler({"t2v": 1.0}, long_keyframe_stride=20)   # not checked when the long task is off
 
 
 def test_task_frequencies_follow_the_config_weights():
