@@ -33,7 +33,7 @@ import numpy as np
 from absl import app, flags
 from PIL import Image
 
-from stiv_jax.data import orbit_render, schema, video_io
+from stiv_jax.data import decoders, orbit_render, schema, video_io
 from stiv_jax.data.build_shards import make_summary, report, shard_path, write_shard
 
 TARGET_VIEWS = ((30.0, 30.0), (90.0, -20.0), (150.0, 30.0), (210.0, -20.0), (270.0, 30.0), (330.0, -20.0))
@@ -54,14 +54,14 @@ def angle_error(azimuth_a: float, elevation_a: float, azimuth_b: float, elevatio
 
 
 def select_views(views: list[dict], *, input_index: int, max_angle_error: float) -> list[int]:
-    """Indices into ``views`` of the input view and the six ``TARGET_VIEWS`` (nearest render for each)."""
+    """Indices into ``views`` (``{file, azimuth, elevation}``) of the input view and the six ``TARGET_VIEWS``
+    (nearest render for each)."""
     if not 0 <= input_index < len(views):
         raise ViewError(f"input view {input_index} of {len(views)} views")
-    base = float(views[input_index]["azimuth"])
+    base = views[input_index]["azimuth"]
     chosen = [input_index]
     for relative, elevation in TARGET_VIEWS:
-        errors = [angle_error(base + relative, elevation, float(v["azimuth"]), float(v["elevation"]))
-                  for v in views]
+        errors = [angle_error(base + relative, elevation, v["azimuth"], v["elevation"]) for v in views]
         best = int(np.argmin(errors))
         if errors[best] > max_angle_error:
             raise ViewError(f"no render within {max_angle_error:g} degrees of azimuth {relative:+g} (relative), "
@@ -83,10 +83,8 @@ def load_view(path: str, size: int) -> np.ndarray:
             image = image.convert("RGB")
     except (OSError, Image.DecompressionBombError) as e:
         raise ViewError(f"unreadable image {os.path.basename(path)}: {e}") from e
-    scale = size / min(image.size)
-    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    (h, w), (top, left), _ = decoders.resize_crop_plan(image.height, image.width, size, size, None)
     pixels = np.asarray(image.resize((w, h), Image.BICUBIC))
-    top, left = (h - size) // 2, (w - size) // 2
     return np.ascontiguousarray(pixels[top:top + size, left:left + size])
 
 
@@ -109,18 +107,19 @@ def object_record(directory: str, *, size: int, max_angle_error: float) -> bytes
     try:
         with open(os.path.join(directory, "views.json")) as f:
             spec = json.load(f)
-        views, input_index = spec["views"], int(spec.get("input", 0))
-        [(v["file"], float(v["azimuth"]), float(v["elevation"])) for v in views]  # noqa: B018 (fields present)
+        views = [dict(file=str(v["file"]), azimuth=float(v["azimuth"]), elevation=float(v["elevation"]))
+                 for v in spec["views"]]
+        input_index = int(spec.get("input", 0))
     except FileNotFoundError as e:
         raise ViewError("no views.json") from e
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise ViewError(f"malformed views.json: {e!r}") from e
     chosen = select_views(views, input_index=input_index, max_angle_error=max_angle_error)
     frames = np.stack([load_view(os.path.join(directory, views[i]["file"]), size) for i in chosen])
-    base = float(views[input_index]["azimuth"])
-    relative = [((float(views[i]["azimuth"]) - base) % 360.0, float(views[i]["elevation"])) for i in chosen]
+    base = views[input_index]["azimuth"]
+    relative = [((views[i]["azimuth"] - base) % 360.0, views[i]["elevation"]) for i in chosen]
     return make_record(frames, key=os.path.basename(directory.rstrip("/")), caption=str(spec.get("caption", "")),
-                       views=relative, input_view=(base, float(views[input_index]["elevation"])))
+                       views=relative, input_view=(base, views[input_index]["elevation"]))
 
 
 def build(*, renders: str, out: str, size: int = 320, num_shards: int = 4, max_angle_error: float = 5.0) -> dict:
@@ -132,15 +131,13 @@ def build(*, renders: str, out: str, size: int = 320, num_shards: int = 4, max_a
     if not objects:
         raise FileNotFoundError(f"--renders={renders!r} holds no object directory (each with a views.json)")
     os.makedirs(out, exist_ok=True)
-    shards: list[list[bytes]] = [[] for _ in range(num_shards)]
-    skipped = []
+    records, skipped = [], []
     for name in objects:
         try:
-            record = object_record(os.path.join(renders, name), size=size, max_angle_error=max_angle_error)
+            records.append(object_record(os.path.join(renders, name), size=size, max_angle_error=max_angle_error))
         except ViewError as e:
             skipped.append((name, str(e)))
-            continue
-        shards[sum(map(len, shards)) % num_shards].append(record)
+    shards = [records[i::num_shards] for i in range(num_shards)]
     for index, records in enumerate(shards):
         write_shard(shard_path(out, index, num_shards), records)
     summary = make_summary(clips_per_shard=[len(s) for s in shards], skipped=skipped, videos=len(objects),

@@ -81,6 +81,7 @@ class Upsampler:
 
     def __call__(self, videos: np.ndarray, prompts: list[str], seeds: list[int]) -> np.ndarray:
         """uint8 ``[batch, 2 frames, r, r, 3]``: every video at twice its frame rate."""
+        # The TUP's noise must not repeat the main sample's: its seeds are offset by a large prime.
         return np.stack([upsample_video(self.gen, self.config, v, p, seed=s + 104729)
                          for v, p, s in zip(videos, prompts, seeds)])
 
