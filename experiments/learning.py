@@ -8,7 +8,7 @@ quarter of each video held out, for TI2V). Every field not set here is ``experim
       print(os.path.dirname(d.bikes()))') --captions=experiments/data/demo_captions.jsonl --out=runs/demo_data/real_all
   python -m stiv_jax.data.holdout --shards=runs/demo_data/real_all --train=runs/demo_data/train/real \
       --heldout=runs/demo_data/heldout/real
-  python -m stiv_jax.data.procedural --out=runs/demo_data/train/digits --num_clips=600
+  python -m stiv_jax.data.procedural --out=runs/demo_data/train/digits --num_clips=3000
   python -m stiv_jax.data.procedural --out=runs/demo_data/heldout/digits --num_clips=40 --split=heldout --seed=1
   python -m stiv_jax.train --config=experiments/learning.py --workdir=runs/demo
   python -m stiv_jax.sample --workdir=runs/demo --prompt="a red 3 moves down quickly" --out=runs/demo/sample.mp4
