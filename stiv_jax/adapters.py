@@ -1,4 +1,5 @@
-r"""LoRA adapters of a fine-tune run: exported alone (with the base's fingerprint), merged, or applied to a base.
+r"""LoRA adapters of a fine-tune run: exported alone (with the base's fingerprint), or merged; applying one to a
+base (the sampler's ``--adapter``) is ``stiv_jax.checkpointing.exports.apply_adapter``.
 
   python -m stiv_jax.export --workdir=runs/sft_512_XL --out=exports/sft_adapter --adapter
   python -m stiv_jax.export --workdir=runs/sft_512_XL --out=exports/sft_merged --merge_lora
@@ -11,39 +12,18 @@ model). A merged export folds ``W + (alpha / r) A B`` into each kernel: a plain 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
 import jax
 import ml_collections
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from stiv_jax.stages import surgery, transition
+from stiv_jax.checkpointing.exports import (ADAPTER, FORMAT, AdapterMismatchError, apply_adapter,  # noqa: F401
+                                            fingerprint, is_adapter, is_adapter_export)
+from stiv_jax.stages import transition
 from stiv_jax.training.finetune import LORA_PATTERN
-
-ADAPTER = "adapter.safetensors"
-FORMAT = "stiv_jax_lora"
-
-
-class AdapterMismatchError(ValueError):
-    """The adapter was trained on another base than the one it is applied to."""
-
-
-def is_adapter(name: str) -> bool:
-    return name.endswith(("/lora_a", "/lora_b"))
-
-
-def fingerprint(flat: dict) -> str:
-    """SHA-256 hex of the non-adapter parameters' names, shapes and float32 values (``{path: array}``)."""
-    digest = hashlib.sha256()
-    for name in sorted(k for k in flat if not is_adapter(k)):
-        value = np.ascontiguousarray(np.asarray(flat[name], np.float32))
-        digest.update(f"{name}:{value.shape};".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
-
 
 def lora_scale(config) -> float:
     lora = config.finetune.lora
@@ -107,34 +87,3 @@ def export_adapter(workdir: str, out: str, *, step: int | None = None, use_ema: 
     with open(os.path.join(out, "config.json"), "w") as f:
         json.dump({"config": source.config.to_dict(), "export": summary}, f, indent=1, sort_keys=True)
     return summary
-
-
-def is_adapter_export(directory: str) -> bool:
-    return os.path.exists(os.path.join(directory, ADAPTER))
-
-
-def apply_adapter(directory: str, base_params: dict) -> tuple[ml_collections.ConfigDict, dict]:
-    """``(config, params)``: the adapter run's config and ``base_params`` (``{'dit', 'text'}``) plus the adapters.
-
-    Raises ``AdapterMismatchError`` when ``base_params`` are not the weights the adapter was trained on.
-    """
-    path = os.path.join(directory, ADAPTER)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{directory} holds no {ADAPTER}: not an adapter export (stiv_jax.export --adapter)")
-    from safetensors import safe_open
-    with safe_open(path, framework="numpy") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT or "base_fingerprint" not in meta:
-        raise ValueError(f"{path} is not a stiv_jax LoRA adapter (metadata {sorted(meta)})")
-    base_flat = {k: np.asarray(v) for k, v in surgery.flatten(jax.device_get(base_params)).items()}
-    got = fingerprint(base_flat)
-    if got != meta["base_fingerprint"]:
-        raise AdapterMismatchError(
-            f"adapter {directory} was trained on a base with fingerprint {meta['base_fingerprint'][:16]}..., but the "
-            f"given base weights have {got[:16]}... ({len(base_flat)} tensors): use the base run (its EMA weights, "
-            f"fp32) the fine-tune started from")
-    with open(os.path.join(directory, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f)["config"])
-    params = surgery.unflatten({**base_flat, **load_file(path)})
-    params.setdefault("text", {})
-    return config, params

@@ -9,7 +9,7 @@ Writes to ``--out``:
   config.json                   the run's full config (rebuilds the model with ``build_model_bundle``) + export info
   README.md                     a short model card
 
-``load_exported(dir) -> (config, params)`` reads it back; ``params`` plugs into ``ModelBundle.velocity`` exactly
+``load_exported(dir) -> (config, params)`` (``stiv_jax.checkpointing.exports``) reads it back; ``params`` plugs into ``ModelBundle.velocity`` exactly
 like the checkpoint's ``ema_params``. Any safetensors reader (torch, numpy, flax) opens the weights.
 
 Nothing stale, nothing damaged: the export is written into a fresh ``<out>.staging-*`` directory beside ``--out``
@@ -28,18 +28,14 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from safetensors import safe_open
-from safetensors.flax import load_file
 
 from stiv_jax.checkpointing import integrity
 from stiv_jax.checkpointing import manager as ckpt
-from stiv_jax.stages import surgery, transition
+from stiv_jax.checkpointing.exports import INDEX, SINGLE, is_export, load_exported  # noqa: F401  (the reader)
+from stiv_jax.stages import transition
 
 DTYPES = {"fp32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16}
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
 SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64", "int32": "I32",
                       "int64": "I64", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
 
@@ -183,7 +179,7 @@ Exported by `stiv_jax.export` from `{summary['workdir']}` at step {summary['step
 Load:
 
 ```python
-from stiv_jax.export import load_exported
+from stiv_jax.checkpointing.exports import load_exported
 from stiv_jax.model.bundle import build_model_bundle
 config, params = load_exported("DIR")
 bundle = build_model_bundle(config)
@@ -192,47 +188,6 @@ velocity = bundle.velocity(params, latents, timesteps, ids, mask)
 
 Keys are '/'-joined parameter paths, e.g. `dit/patch_embed/proj/kernel`; any safetensors reader opens them.
 """
-
-
-def is_export(directory: str) -> bool:
-    """True for a directory written by ``export`` (the sampler's hook: load it with ``load_exported``)."""
-    return any(os.path.exists(os.path.join(directory, name)) for name in (SINGLE, INDEX))
-
-
-def load_exported(directory: str) -> tuple[ml_collections.ConfigDict, dict]:
-    """``(config, params)`` of an export: the run's config and the nested parameter dict (``{'dit', 'text'}``).
-
-    Every weights file is checked against the step and SHA-256 that ``config.json`` records (a stale or damaged
-    file is an error naming it)."""
-    with open(os.path.join(directory, "config.json")) as f:
-        described = json.load(f)
-    config, step = ml_collections.ConfigDict(described["config"]), described.get("export", {}).get("step")
-    hashes = described.get("export", {}).get("sha256", {})
-    index = os.path.join(directory, INDEX)
-    if os.path.exists(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-    elif os.path.exists(os.path.join(directory, SINGLE)):
-        files = [SINGLE]
-    else:
-        raise FileNotFoundError(f"{directory} holds neither {SINGLE} nor {INDEX}: not a stiv_jax export")
-    flat = {}
-    for name in files:
-        path = os.path.join(directory, name)
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} is missing: the export in {directory} is incomplete; export it again")
-        with safe_open(path, framework="numpy") as f:
-            saved_step = (f.metadata() or {}).get("step")
-        if None not in (saved_step, step) and saved_step != str(step):
-            raise ValueError(f"{path} holds step {saved_step} but {directory}/config.json describes step {step}: a "
-                             "stale file from another export; export it again")
-        if name in hashes and integrity.file_sha256(path) != hashes[name]:
-            raise ValueError(f"{path} is damaged: its SHA-256 differs from the one in {directory}/config.json; "
-                             "export it again")
-        flat.update(load_file(path))
-    params = surgery.unflatten(flat)
-    params.setdefault("text", {})
-    return config, params
 
 
 def main(argv):

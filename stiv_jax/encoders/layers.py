@@ -105,21 +105,6 @@ def conv(features: int, kernel_size: int, *, strides: int = 1, padding="SAME", d
     )
 
 
-class RMSNorm(nn.Module):
-    """T5-style RMS norm: `x / sqrt(mean(x^2) + eps) * scale`, no mean subtraction and no bias."""
-
-    epsilon: float = 1e-6
-    dtype: jnp.dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-                           (x.shape[-1],), jnp.float32)
-        x32 = x.astype(jnp.float32)
-        variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-        return (x32 * jax.lax.rsqrt(variance + self.epsilon) * scale).astype(self.dtype)
-
-
 def attention_weights(query: jax.Array, key: jax.Array, *, bias: jax.Array | None = None,
                       mask: jax.Array | None = None, scale: float = 1.0) -> jax.Array:
     """Softmax attention probabilities.

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from stiv_jax.encoders import checkpoint_dir, layers, safetensors_loader
 from stiv_jax.encoders.text_types import TextEmbeddings, masked_mean
+from stiv_jax.model.layers import RMSNorm
 
 _ACT = ("activation_batch", "activation_text_length", "activation_embed")
 
@@ -136,7 +137,7 @@ class T5SelfAttentionLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x, mask, position_bias):
-        h = layers.RMSNorm(self.config.layer_norm_epsilon, self.dtype, name="layer_norm")(x)
+        h = RMSNorm(eps=self.config.layer_norm_epsilon, dtype=self.dtype, scale_axis="norm", name="layer_norm")(x)
         h, position_bias = T5Attention(self.config, self.has_relative_bias, self.dtype, name="SelfAttention")(
             h, mask, position_bias)
         return x + h, position_bias
@@ -164,7 +165,7 @@ class T5FeedForwardLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = layers.RMSNorm(self.config.layer_norm_epsilon, self.dtype, name="layer_norm")(x)
+        h = RMSNorm(eps=self.config.layer_norm_epsilon, dtype=self.dtype, scale_axis="norm", name="layer_norm")(x)
         return x + T5DenseActDense(self.config, self.dtype, name="DenseReluDense")(h)
 
 
@@ -191,7 +192,8 @@ class T5Stack(nn.Module):
         position_bias = None
         for i in range(self.config.num_layers):
             x, position_bias = T5Block(self.config, i == 0, self.dtype, name=f"block_{i}")(x, attn_mask, position_bias)
-        return layers.RMSNorm(self.config.layer_norm_epsilon, self.dtype, name="final_layer_norm")(x)
+        return RMSNorm(eps=self.config.layer_norm_epsilon, dtype=self.dtype, scale_axis="norm",
+                       name="final_layer_norm")(x)
 
 
 class T5Encoder(nn.Module):

@@ -101,18 +101,21 @@ def dense(features, *, axes, config: DiTConfig, name: str, zero_init: bool = Fal
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm over the last axis with a learnable scale (used per head for QK-norm)."""
+    """RMS norm over the last axis, ``x / sqrt(mean(x^2) + eps) * scale`` in float32 (no mean subtraction, no bias):
+    the DiT's per-head QK-norm and T5's layer norm."""
 
     eps: float = 1e-6
+    dtype: jnp.dtype | None = None       # output dtype; None keeps the input's
     param_dtype: jnp.dtype = jnp.float32
+    scale_axis: str = "head_dim"         # logical axis name of ``scale`` (T5: "norm")
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("head_dim",)),
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (self.scale_axis,)),
                            (x.shape[-1],), self.param_dtype)
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
-        return (x32 * scale).astype(x.dtype)
+        return (x32 * scale).astype(self.dtype or x.dtype)
 
 
 class Attention(nn.Module):

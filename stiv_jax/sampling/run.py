@@ -13,6 +13,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from stiv_jax.checkpointing import exports
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.data import video_io
 from stiv_jax.diffusion.guidance import Guidance
@@ -31,13 +32,11 @@ def load_params(workdir: str, *, use_ema: bool = True, adapter: str | None = Non
     refused (``AdapterMismatchError``) unless they are the base it was trained on.
     """
     if adapter:
-        from stiv_jax import adapters
         _, _, base = load_params(workdir, use_ema=use_ema)
-        config, params = adapters.apply_adapter(adapter, base)
+        config, params = exports.apply_adapter(adapter, base)
         return config, build_model_bundle(config), params
-    from stiv_jax import export  # an exported directory (safetensors + config.json) needs no orbax
-    if export.is_export(workdir):
-        config, params = export.load_exported(workdir)
+    if exports.is_export(workdir):   # an exported directory (safetensors + config.json) needs no orbax
+        config, params = exports.load_exported(workdir)
         return config, build_model_bundle(config), params
     config = ml_collections.ConfigDict(ckpt.restore_config(workdir))
     # The newest step that verifies (a damaged one is skipped with a line, and left where it is).

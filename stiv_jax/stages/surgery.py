@@ -22,6 +22,8 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 import numpy as np
 
+from stiv_jax.checkpointing.exports import flatten, unflatten  # noqa: F401  (the '/'-path tree format)
+
 NEW = "new"
 # Parameters that change shape with the temporal patch, and how: "inflate" divides the copies by k (input side),
 # "tile" keeps them (output side).
@@ -31,30 +33,6 @@ TEMPORAL_PATCH_RESHAPES = ((r"(^|/)patch_embed/proj/kernel$", "inflate"),
 
 class TransitionError(ValueError):
     """A stage transition that would silently mismatch; the message names every offending parameter."""
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> ``{'a/b/c': leaf}``."""
-    flat = {}
-    for key, value in tree.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, path + "/"))
-        else:
-            flat[path] = value
-    return flat
-
-
-def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """``{'a/b/c': leaf}`` -> nested dict."""
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, leaf = path.split("/")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return tree
 
 
 @dataclasses.dataclass(frozen=True)
