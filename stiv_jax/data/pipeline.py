@@ -310,9 +310,16 @@ class DataIterator(grain.DatasetIterator):
         self.batches = 0
         self.skipped_records = 0
         self.reseeds = 0
-        self._inner = iter(make_dataset(data_config, seed=seed, process_index=process_index,
-                                        process_count=process_count))
-        super().__init__(self._inner)
+        self._build(seed)
+
+    def _build(self, data_seed: int) -> None:
+        """(Re)builds the grain pipeline with ``data_seed`` (``seed`` until a host-count restart reseeds it)."""
+        if hasattr(self, "_inner"):
+            self.close()
+        self.data_seed = data_seed
+        self._inner = iter(make_dataset(self.data_config, seed=data_seed, process_index=self.process_index,
+                                        process_count=self.process_count))
+        super().__init__(self._inner)   # the public way to (re-)parent: grain links the pipeline's context
 
     def __next__(self) -> dict:
         batch = next(self._inner)
@@ -329,7 +336,7 @@ class DataIterator(grain.DatasetIterator):
     def get_state(self) -> dict:
         return dict(pipeline=self._inner.get_state(), process_index=self.process_index,
                     process_count=self.process_count, fingerprint=self.fingerprint, batches=self.batches,
-                    skipped_records=self.skipped_records, reseeds=self.reseeds)
+                    skipped_records=self.skipped_records, reseeds=self.reseeds, data_seed=self.data_seed)
 
     def set_state(self, state: dict) -> None:
         saved_count = state.get("process_count")
@@ -341,16 +348,16 @@ class DataIterator(grain.DatasetIterator):
             problem = ("the data iterator state was saved with a different config.data (shards, buckets, batch "
                        "sizes, workers) or seed")
         if problem is None:
+            if int(state.get("data_seed", self.seed)) != self.data_seed:   # saved after a reseed: same order
+                self._build(int(state["data_seed"]))
             self._inner.set_state(state["pipeline"])
+            self.reseeds = int(state.get("reseeds", 0))
         elif self.data_config.get("on_host_count_change", "refuse") == "restart" and saved_count != self.process_count:
             self.reseeds = int(state.get("reseeds", 0)) + 1
             new_seed = (self.seed * 1_000_003 + int(state.get("batches", 0)) + self.reseeds) % 2**32
             logging.warning("%s: starting a fresh data order with seed %d (config.data.on_host_count_change="
                             "'restart')", problem, new_seed)
-            self.close()
-            self._inner = iter(make_dataset(self.data_config, seed=new_seed, process_index=self.process_index,
-                                            process_count=self.process_count))
-            self._parents = (self._inner,)
+            self._build(new_seed)
         else:
             raise ValueError(f"{problem}: resume with the same hosts and config.data, or set "
                              f"config.data.on_host_count_change='restart' to continue with a fresh data order")

@@ -121,6 +121,11 @@ def test_host_count_change_is_refused_clearly_or_restarted(demo_shards, tmp_path
     restarted = pipeline.make_iterator(data, seed=0, tokenize=None)
     restarted.set_state(state)
     assert restarted.batches == 2 and next(restarted)["video"].shape[0] == 2
+    again = restarted.get_state()   # the re-parented pipeline checkpoints and resumes like any other
+    assert again["reseeds"] == 1 and again["batches"] == 3
+    resumed = pipeline.make_iterator(data, seed=0, tokenize=None)
+    resumed.set_state(again)
+    np.testing.assert_array_equal(next(resumed)["record_id"], next(restarted)["record_id"])
     (tmp_path / "process_0-of-2.json").write_text("{}")
     with pytest.raises(ValueError, match=r"saved by \[2\] processes but this run has 4"):
         pipeline.check_saved_host_count(str(tmp_path), 4)
