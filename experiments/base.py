@@ -75,7 +75,8 @@ def _model() -> ml_collections.ConfigDict:
     m.mask_ratio = 0.0                     # MaskDiT spatial token drop in training (§2.7: 0.5 in pretraining)
     m.decoder_depth = 2                    # MaskDiT blocks over all tokens after un-masking (§2.7: 2)
     m.scan_layers = False                  # nn.scan over blocks: one compiled body, fast compiles at depth 46
-    m.remat_policy = "none"                # none | full | dots | self_attention (§5.1) | offload_self_attention | custom
+    # Saved for the backward pass: none | full | dots | self_attention (§5.1) | offload_self_attention | custom
+    m.remat_policy = "none"
     # remat_policy=custom: ((tensor name, device | offload | remat), ...), e.g. (("ffn_hidden", "offload"),)
     m.remat_custom = ()
     m.attention_impl = "xla"               # xla (einsum) | dot_product (jax.nn, cuDNN on GPU) | splash (TPU Pallas)

@@ -37,8 +37,8 @@ SampleFn = Callable[..., np.ndarray]
 def default_validation_config() -> ml_collections.ConfigDict:
     """``config.eval.validation`` defaults; a run's config overrides any of them.
 
-    The values of experiments/base.py's ``eval.validation`` (tests/experiments/test_base_config.py checks), kept here for
-    configs that lack the section: a checkpoint's saved config.json written before it existed.
+    The values of experiments/base.py's ``eval.validation`` (tests/experiments/test_base_config.py checks),
+    kept for configs that lack the section: a checkpoint's saved config.json written before it existed.
     """
     config = ml_collections.ConfigDict()
     config.prompts = (              # fixed T2V prompts, one grid cell each

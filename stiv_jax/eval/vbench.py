@@ -42,8 +42,8 @@ STAGING_SUBDIR = ".staging"
 def default_vbench_config() -> ml_collections.ConfigDict:
     """``config.eval.vbench`` defaults; a run's config overrides any of them.
 
-    The values of experiments/base.py's ``eval.vbench`` (tests/experiments/test_base_config.py checks), kept here for
-    configs that lack the section: a checkpoint's saved config.json written before it existed.
+    The values of experiments/base.py's ``eval.vbench`` (tests/experiments/test_base_config.py checks),
+    kept for configs that lack the section: a checkpoint's saved config.json written before it existed.
     """
     config = ml_collections.ConfigDict()
     config.samples_per_prompt = 5   # VBench standard: 5 videos per prompt
