@@ -1,7 +1,8 @@
-"""Shared builder of the STIV stage configs (``experiments/<stage>.py``); every field carries its comment here.
+"""Shared builder of the STIV stage configs (``experiments/<stage>.py``) on ``experiments/base.py``.
 
 A stage file calls ``stage_config(arg, ...)`` with what makes the stage (resolution, frames, batch, tasks, where
-its weights start from) and gets the full config back. ``arg`` is big_vision style, the part after the ``:`` of
+its weights start from) and gets the full config back: the base config (every key with its comment) with what
+the stage decides set over it. ``arg`` is big_vision style, the part after the ``:`` of
 ``--config=experiments/t2v_256.py:size=M,root=gs://bucket/stiv``:
 
   size=XL|XXL|M|tiny   model size of Tab. 1 (tiny: 2 blocks, 64 wide, for CPU runs and tests)
@@ -21,6 +22,8 @@ Paper facts: the STIV paper's model sizes, training recipe and applications.
 from __future__ import annotations
 
 import ml_collections
+
+from experiments import base
 
 SIZES = ("tiny", "XL", "XXL", "M")  # stiv_jax/model/sizes.py holds their depth, width and heads (Tab. 1)
 
@@ -109,139 +112,37 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     layout = {}
     if args.size == "M" and resolution >= 512 and frames > 1:
         layout = M_512_VIDEO_LAYOUTS[args.tpu]["masked" if masked else "unmasked"]
-    c = ml_collections.ConfigDict()
+    c = base.get_config()                  # every key with its comment: experiments/base.py
     c.stage = stage                        # name of this stage (workdir convention: {root}/{stage}_{size})
-    c.seed = 0                             # seeds parameters, data order and per-step noise
     c.total_steps = 20 if local else total_steps  # optimizer steps (paper: 400k masked, then 100k/50k unmasked)
     c.checkpoint_every = 10 if local else 5000    # steps between checkpoints (the last step is always saved)
     c.keep_checkpoints = 2 if local else 3        # newest checkpoints kept
     c.log_every = 1 if local else 100             # steps between metric rows
-    c.compilation_cache_dir = ""           # persistent XLA cache: "" = WORKDIR/compile_cache, a path/gs://, "none"
+    _set_model(c, args, frames=frames, masked=masked, layout=layout, rope_spatial_scale=rope_spatial_scale,
+               rope_temporal_scale=rope_temporal_scale)
+    _set_encoders(c, args)
 
-    c.model = ml_collections.ConfigDict()  # every key: stiv_jax/model/config.py (DiTConfig)
-    c.model.size = args.size               # Tab. 1: XL 28x1152x18, XXL 38x1536x24, M 46x3072x48 (tiny: CPU)
-    c.model.mlp_ratio = 4.0                # FFN hidden = 4 d (INFERRED, matches the parameter counts)
-    c.model.patch_size = 2                 # spatial patch on the latent grid (INFERRED p = 2)
-    c.model.temporal_patch = 1 if frames == 1 else 2  # images: 1; video: 2 (App. B, Fig. 6a)
-    c.model.temporal_attention = frames > 1  # T2I has no temporal attention; T2V adds it (zero-init output)
-    # T2V grown from T2I: temporal SA enters through a learned zero-initialised gate, so the video model starts
-    # as the image model and departs from it smoothly (docs/next_stage.md; the paper does not say)
-    c.model.temporal_gate = frames > 1
-    c.model.qk_norm = True                 # RMSNorm on queries and keys per head (Tab. 2 "+ QK norm")
-    c.model.adaln = "shared"               # one AdaLN for every block (Tab. 2 "+ Shared AdaLN")
-    c.model.micro_conditions = True        # resolution, crop, stride, frames in the condition (Tab. 2)
-    c.model.rope_theta = 10000.0           # RoPE base (not stated; 1e4 assumed)
-    c.model.rope_spatial_scale = rope_spatial_scale    # position multiplier, source grid / this grid (§2.6)
-    c.model.rope_temporal_scale = rope_temporal_scale  # the same along time (20 -> 40 frames: 0.5)
-    c.model.mask_ratio = 0.5 if masked else 0.0  # MaskDiT spatial token drop (§2.7: 50% in pretraining)
-    c.model.decoder_depth = 2              # blocks over all tokens after un-masking (§2.7)
-    c.model.scan_layers = not local        # nn.scan over blocks: one compiled body, fast compiles at depth 46
-    # Save only the self-attention outputs for the backward pass (§5.1); "full" keeps only block inputs.
-    c.model.remat_policy = "none" if local else layout.get("remat_policy", "self_attention")
-    # remat_policy=custom: ((tensor name, device | offload | remat), ...), e.g. (("ffn_hidden", "offload"),)
-    c.model.remat_custom = ()
-    c.model.attention_impl = "xla" if local else "splash"  # Pallas splash attention on TPU
-    # Self-attention over tokens sharded on the mesh's context axis: gspmd (XLA gathers keys/values) | ulysses |
-    # ring | hybrid (Ulysses in groups of model.context_ulysses_size, ring across them): docs/fit_check.md
-    c.model.context_attention = layout.get("context_attention", "gspmd")
-    c.model.context_ulysses_size = 2       # hybrid: chips per Ulysses group (divides mesh.ici.context and the heads)
-    c.model.ring_zigzag = True             # causal ring/hybrid: zig-zag chunks balance the causal work
-    c.model.dtype = "float32" if local else "bfloat16"  # compute dtype (INFERRED bf16 on TPU)
-    c.model.param_dtype = "float32"        # master weights stay fp32
-
-    stand_ins = local or bool(args.get("stand_ins", False))
-    c.latent = ml_collections.ConfigDict()
-    # The paper's frozen per-frame VAE (§2.1: 8 channels, 8x), loaded from a local diffusers AutoencoderKL; a run
-    # without latent.path is refused (stiv_jax/encoders/pretrained.py). runlocal and stand_ins: space-to-depth.
-    c.latent.kind = "pixels" if stand_ins else "vae"  # vae | pixels (stand-in)
-    c.latent.factor = 4 if local else 8    # spatial compression (paper VAE: 8x, INFERRED; checked against the VAE)
-    c.latent.path = ""                     # kind=vae: AutoencoderKL directory (config.json + safetensors)
-    c.latent.channels = 8                  # kind=vae: latent channels (paper 8; SD-VAE ablation 4); checked
-    c.latent.preset = "sd_vae"             # kind=vae: architecture the fit check compiles without the files
-    c.latent.frame_chunk = 16              # kind=vae: frames encoded/decoded per VAE call (bounds memory)
-
-    c.text = ml_collections.ConfigDict()
-    # The paper's frozen CLIP-bigG text tower (§2.3: 32 layers, 1280 wide) over the T5 tokenizer, both from local
-    # directories; runlocal and stand_ins: a trainable byte-embedding encoder.
-    c.text.kind = "token_embedding" if stand_ins else "clip"  # clip | t5 | bert | token_embedding (stand-in)
-    c.text.path = ""                       # pretrained encoder directory (transformers safetensors checkpoint)
-    c.text.preset = "clip_bigg"            # clip: architecture the fit check compiles without the files
-    # sentencepiece: T5's spiece.model (the paper's tokenizer); path "" = beside the encoder in text.path
-    c.text.tokenizer = ml_collections.ConfigDict(dict(kind="" if stand_ins else "sentencepiece", path=""))
-    c.text.dim = 64 if local else 1280     # text embedding width (CLIP-bigG: 1280; checked against the checkpoint)
-    c.text.max_length = 32 if local else 77  # tokens per caption (not stated; CLIP's 77 positions)
-    c.text.frozen = True                   # pretrained encoders stay frozen, outside the train state
-
-    c.data = ml_collections.ConfigDict()
-    c.data.kind = "video"                  # decode clips (latent: precomputed VAE latents + text embeddings)
     c.data.shards = "runs/demo_data" if local else f"{args.root}/data/{'images' if frames == 1 else 'videos'}"
     c.data.batch_size = 8 if local else batch_size  # global batch (divisible by the batch mesh axes)
     c.data.frames = min(frames, 4) if local else frames  # frames per training clip (1 = image stage)
     c.data.frame_stride = 2 if local else frame_stride   # keep 1 of every N source frames (App. B: 3)
-    c.data.frame_strides = ()              # ((stride, weight), ...): per-sample strides; () = frame_stride only
     c.data.resolution = 32 if local else resolution      # square crop side in pixels
-    c.data.random_crop = True              # random temporal and spatial crop (else center)
-    c.data.buckets = ()                    # ((frames, height, width, global_batch[, weight]), ...); () = one
     c.data.num_threads = 2 if local else 16  # grain decode threads per host
-    c.data.prefetch = 4                    # batches prefetched per host
-    c.data.device_prefetch = 2             # batches put on the devices ahead of the step (2: double buffer)
 
-    c.diffusion = ml_collections.ConfigDict()
-    c.diffusion.timestep_distribution = "logit_normal"  # not stated for STIV; logit-normal as in DiT-Air / SD3
-    c.diffusion.logit_normal_mean = 0.0    # location of logit(t)
-    c.diffusion.logit_normal_std = 1.0     # scale of logit(t)
-    c.diffusion.timestep_shift = 1.0       # t -> t / (t + s (1 - t)); no shift is stated for STIV
-    c.diffusion.shift_reference_positions = 0  # > 0: shift grows with the latent size; 0 = off
-    c.diffusion.text_dropout = 0.1         # empty-prompt probability for CFG (§4.2: 10%)
-    c.diffusion.image_dropout = 0.0        # dropped given frames (§4.2: 8% for the JIT model, else none)
-    c.diffusion.null_image = "noisy"       # a dropped image leaves the noisy frame (trains as T2V), or "zero"
-    c.diffusion.tasks = dict(t2v=1.0)      # task -> weight of joint training (stiv_jax/diffusion/tasks.py)
-    c.diffusion.predict_frames = 4         # frames given in video prediction (§7: 4)
-    c.diffusion.long_keyframe_stride = 20  # clips at this stride or more train long-video key frames (§7: 20)
-    c.diffusion.prediction = "velocity"    # the DiT predicts the velocity x1 - eps (§2.9)
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.name = "adafactor"             # AdaFactor, factored second moments, chosen for memory (§5.1)
-    c.optim.lr = 2e-4                      # constant peak LR (§5.1)
     c.optim.warmup_steps = 2 if local else 1000  # linear warmup (§5.1: 1k steps)
-    c.optim.schedule = "constant"          # constant after warmup (§5.1)
     c.optim.decay_steps = c.total_steps    # only read by the cosine schedule
-    c.optim.b1 = 0.9                       # first-moment decay (§5.1)
-    c.optim.b2 = 0.999                     # second-moment decay (§5.1)
-    c.optim.weight_decay = 0.0             # no weight decay (§5.1)
-    c.optim.grad_clip = 1.0                # global-norm clip (§5.1)
     c.optim.ema_decay = 0.9 if local else 0.9999  # EMA used for eval and for the next stage's init (App. B)
-    c.optim.min_dim_size_to_factor = 128   # AdaFactor: factor the second moment of matrices this big or more
-    c.optim.block_rms_clip = 0.0           # AdaFactor update clip by block RMS (0 = off; not stated for STIV)
+    c.optim.block_rms_clip = 0.0           # AdaFactor update clip by block RMS: off (not stated for STIV)
     c.optim.grad_accum_steps = layout.get("grad_accum_steps", 1)  # micro-batches per step (same global batch)
-    c.optim.max_nonfinite_steps = 10       # NaN/Inf updates are skipped; abort after this many in a row
-    c.optim.nonfinite_check_lag = 2        # the abort check reads the streak this many steps late (steps in flight)
 
-    c.mesh = ml_collections.ConfigDict()
     c.mesh.ici = dict(MESH_ICI[args.size], context=layout.get("context", 1))  # per-slice axis sizes; -1 fills
-    c.mesh.dcn = dict(data=-1)             # across slices (multi-slice TPU): batch over the slices
     c.mesh.rules = layout.get("mesh_rules", "default")  # preset: default | fsdp | fsdp_tensor | fsdp_context
-    c.mesh.logical_rules = ()              # explicit (name, axes) pairs override the preset
-    c.mesh.dcn_granule = "slice"           # what the dcn axes split over: TPU slices | process (GPU hosts)
-    c.mesh.preset = ""                     # named layout over ici/dcn/rules, e.g. gpu_fsdp_hosts (parallel/mesh.py)
 
-    c.sample = ml_collections.ConfigDict()
     c.sample.solver = "euler" if local else "sde"  # euler | heun | sde (DiT-Air: 2nd-order Heun SDE)
     c.sample.num_steps = 4 if local else 50  # sampler steps (DiT-Air: 50)
-    c.sample.timestep_shift = 1.0          # grid t -> t / (t + s (1 - t)); none stated for STIV
-    c.sample.shift_reference_positions = 0  # > 0: shift *= sqrt(latent frames*h*w / this); 0 = off
-    c.sample.sde_noise_scale = 1.0         # g of the SDE diffusion w(t) = g (1 - t)
-    c.sample.guidance = "jit"              # JIT-CFG, one text+image null pass (§4.3) | sit | none
-    c.sample.cfg_scale = 7.5               # JIT-CFG scale (App. B: 7.5 for T2V and STIV)
-    c.sample.cfg_image_scale = 1.5         # image scale of SIT-CFG (only read with guidance='sit')
-    c.sample.renorm = True                 # CFG-renormalisation to the conditional norm (App. A)
-    c.sample.null_image = "noisy"          # what the unconditional pass sees in given frames: noisy | zero
-    c.sample.fps = 8                       # fps of written videos (1 of 3 frames of ~24 fps sources)
 
     # In-training validation (stiv_jax/eval/validation.py) every sample_every steps, and the VBench harness.
     c.sample_every = 0 if local else 5000  # steps between validations (0: off; runlocal stays fast)
-    c.eval = ml_collections.ConfigDict()
-    c.eval.validation = ml_collections.ConfigDict()
     c.eval.validation.prompts = (          # fixed T2V prompts, one grid cell each
         "a cyclist rides past a white delivery van in the city", "a big white rabbit stands in a sunny meadow",
         "waves crash on a rocky shore at sunset", "a chef slices vegetables in a busy kitchen")
@@ -249,23 +150,52 @@ def stage_config(args, *, stage: str, resolution: int, frames: int, batch_size: 
     c.eval.validation.ti2v_samples = 0     # TI2V cells (set_tasks turns them on for stages that train ti2v)
     c.eval.validation.fvd_clips = 0 if local or frames < 9 else 64  # FVD sample count (I3D needs >= 9 frames)
     c.eval.validation.num_steps = 4 if local else 50  # solver steps of validation samples (DiT-Air: 50)
-    c.eval.vbench = ml_collections.ConfigDict()
-    c.eval.vbench.samples_per_prompt = 5   # VBench standard: 5 videos per prompt
-    c.eval.vbench.seed = 0                 # video i of prompt p uses noise seed seed + 5 p + i
 
-    c.health = ml_collections.ConfigDict()  # stiv_jax.training.health, wired in stiv_jax/train.py
-    c.health.hang_timeout_s = 1800.0       # no step for this long: dump every thread's stack, exit 42 (0: off)
-    c.health.startup_timeout_s = 7200.0    # the same limit before the first step (restore + first compile)
-
-    c.init = ml_collections.ConfigDict()
-    c.init.sources = ml_collections.ConfigDict()  # name -> workdir of a finished stage (empty: from scratch)
-    c.init.use_ema = True                  # initialise from the sources' EMA weights (App. B)
-    c.init.assign = ()                     # (regex over parameter paths, source name | "new"); first match wins
-    c.init.inflate_patch_embed = False     # allow temporal_patch 1 -> 2 inflation of the patch embed/output
     if unmasked_finetune:                  # every weight from this stage's MaskDiT run (same shapes and grids)
         c.init.sources.masked = stage_workdir(args, source_stage)
         c.init.assign = ((EVERYTHING, "masked"),)
     return c
+
+
+def _set_model(c, args, *, frames: int, masked: bool, layout: dict, rope_spatial_scale: float,
+               rope_temporal_scale: float) -> None:
+    """The stage's ``config.model``: size, temporal layers, MaskDiT, RoPE scales and the TPU layout."""
+    local = args.runlocal
+    c.model.size = args.size               # Tab. 1: XL 28x1152x18, XXL 38x1536x24, M 46x3072x48 (tiny: CPU)
+    c.model.temporal_patch = 1 if frames == 1 else 2  # images: 1; video: 2 (App. B, Fig. 6a)
+    c.model.temporal_attention = frames > 1  # T2I has no temporal attention; T2V adds it (zero-init output)
+    # T2V grown from T2I: temporal SA enters through a learned zero-initialised gate, so the video model starts
+    # as the image model and departs from it smoothly (docs/next_stage.md; the paper does not say)
+    c.model.temporal_gate = frames > 1
+    c.model.rope_spatial_scale = rope_spatial_scale    # position multiplier, source grid / this grid (§2.6)
+    c.model.rope_temporal_scale = rope_temporal_scale  # the same along time (20 -> 40 frames: 0.5)
+    c.model.mask_ratio = 0.5 if masked else 0.0  # MaskDiT spatial token drop (§2.7: 50% in pretraining)
+    c.model.scan_layers = not local        # nn.scan over blocks: one compiled body, fast compiles at depth 46
+    # Save only the self-attention outputs for the backward pass (§5.1); "full" keeps only block inputs.
+    c.model.remat_policy = "none" if local else layout.get("remat_policy", "self_attention")
+    c.model.attention_impl = "xla" if local else "splash"  # Pallas splash attention on TPU
+    c.model.context_attention = layout.get("context_attention", "gspmd")  # v5e M-512: Ulysses (docs/fit_check.md)
+    c.model.dtype = "float32" if local else "bfloat16"  # compute dtype (INFERRED bf16 on TPU)
+
+
+def _set_encoders(c, args) -> None:
+    """The paper's frozen VAE and CLIP-bigG (local paths: docs/pretrained_checkpoints.md), or the stand-ins."""
+    local = args.runlocal
+    stand_ins = local or bool(args.get("stand_ins", False))
+    # The paper's frozen per-frame VAE (§2.1: 8 channels, 8x), loaded from a local diffusers AutoencoderKL; a run
+    # without latent.path is refused (stiv_jax/encoders/pretrained.py). runlocal and stand_ins: space-to-depth.
+    c.latent.kind = "pixels" if stand_ins else "vae"  # vae | pixels (stand-in)
+    c.latent.factor = 4 if local else 8    # spatial compression (paper VAE: 8x, INFERRED; checked against the VAE)
+    c.latent.channels = 8                  # kind=vae: latent channels (paper 8; SD-VAE ablation 4); checked
+    c.latent.preset = "sd_vae"             # kind=vae: architecture the fit check compiles without the files
+    # The paper's frozen CLIP-bigG text tower (§2.3: 32 layers, 1280 wide) over the T5 tokenizer, both from local
+    # directories; runlocal and stand_ins: a trainable byte-embedding encoder.
+    c.text.kind = "token_embedding" if stand_ins else "clip"  # clip | t5 | bert | token_embedding (stand-in)
+    c.text.preset = "clip_bigg"            # clip: architecture the fit check compiles without the files
+    # sentencepiece: T5's spiece.model (the paper's tokenizer); path "" = beside the encoder in text.path
+    c.text.tokenizer.kind = "" if stand_ins else "sentencepiece"
+    c.text.dim = 64 if local else 1280     # text embedding width (CLIP-bigG: 1280; checked against the checkpoint)
+    c.text.max_length = 32 if local else 77  # tokens per caption (not stated; CLIP's 77 positions)
 
 
 def from_stage(args, config, stages: dict[str, str], assign: tuple[tuple[str, str], ...], *,
@@ -329,11 +259,8 @@ def sft_config(arg, *, stage: str, resolution: int, base: str, rope_spatial_scal
     c.optim.lr = 1e-4 if args.finetune == "lora" else 2e-5
     c.optim.ema_decay = 0.9 if local else 0.999  # 10k steps: 0.9999 would barely leave the base
     c.sample_every = 0 if local else 1000       # watch a small-set fine-tune for over-fitting
-    c.finetune = ml_collections.ConfigDict()
-    # Regexes over '/'-joined parameter paths of what trains (stiv_jax/training/finetune.py); () = all, or the
-    # LoRA adapters alone when lora.rank > 0.
+    # What trains (stiv_jax/training/finetune.py): the temporal attention alone, or all / the LoRA adapters alone.
     c.finetune.trainable = (TEMPORAL,) if args.finetune == "temporal" else ()
-    c.finetune.lora = ml_collections.ConfigDict()
     c.finetune.lora.rank = (4 if local else args.rank) if args.finetune == "lora" else 0  # 0: no adapters
     c.finetune.lora.alpha = float(c.finetune.lora.rank)  # update scale alpha / rank = 1
     c.finetune.lora.dropout = 0.0            # dropout on the adapters' inputs (a tiny set may want 0.05-0.1)

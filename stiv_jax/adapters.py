@@ -27,7 +27,8 @@ from stiv_jax.training.finetune import LORA_PATTERN
 
 def lora_scale(config) -> float:
     lora = config.finetune.lora
-    return float(lora.get("alpha", lora.rank)) / int(lora.rank)
+    alpha = lora.get("alpha", None)   # a saved config.json may lack it; None (the base's value): the rank
+    return float(lora.rank if alpha is None else alpha) / int(lora.rank)
 
 
 def merge_lora(flat: dict, config) -> dict:
@@ -66,6 +67,7 @@ def export_adapter(workdir: str, out: str, *, step: int | None = None, use_ema: 
     would not reproduce it; use ``--merge_lora`` for such runs.
     """
     source = transition.open_source("export", workdir, use_ema=use_ema, step=step)
+    # ``.get``: the run's saved config.json, which has no ``finetune`` when written before every config had one.
     trainable = [p for p in source.config.get("finetune", {}).get("trainable", ()) or () if p != LORA_PATTERN]
     if not any(is_adapter(k) for k in source.shapes):
         raise ValueError(f"{workdir} holds no LoRA adapters (config.finetune.lora.rank is 0); export it whole")

@@ -222,7 +222,7 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     result.hlo_text = compiled.as_text()
     from stiv_jax.training import flops as flops_lib
     latent = flops_lib.batch_latent_shape({k: v.shape for k, v in batch.items()}, latent_shape=bundle.latent_shape,
-                                          latent_factor=int(config.latent.get("factor", 1)))
+                                          latent_factor=int(config.latent.factor))
     result.model_flops = flops_lib.train_step_flops(
         bundle.dit.config, latent_shape=latent, text_length=bundle.text_length, text_dim=config.text.dim,
         batch_size=bucket.batch_size) / len(devices)
@@ -232,7 +232,7 @@ def compile_bucket(config, devices, bucket) -> FitResult:
 def buckets_of(config) -> list:
     """The video buckets of the config (images, ``frames == 1``, use ``image_buckets`` when set)."""
     from stiv_jax.data.buckets import image_buckets, video_buckets
-    if config.data.frames == 1 and (config.data.get("image_buckets", ()) or ()):
+    if config.data.frames == 1 and config.data.image_buckets:
         return image_buckets(config.data)
     return video_buckets(config.data)
 
@@ -242,12 +242,12 @@ def fit_check(config, topology: Topology, *, num_slices: int = 1, hlo_dir: str =
     """Compiles every bucket of ``config`` for ``topology`` and logs a per-chip table with verdicts, and the
     roofline step-time model of each (``roofline_chip`` names the chip for ``cpu-N``, e.g. ``h100``)."""
     devices = topology_devices(topology, num_slices)
-    if num_slices > 1 and not config.mesh.get("dcn", None):
+    if num_slices > 1 and not config.mesh.dcn:
         with config.unlocked():
             config.mesh.dcn = dict(data=-1)   # slices are joined over DCN on the batch axis
     chips = len(devices)
     hbm = topology.hbm_bytes
-    log(f"fit check: {config.get('stage', '')} model size={config.model.get('size', '')} on {topology.name}"
+    log(f"fit check: {config.stage} model size={config.model.size} on {topology.name}"
         f"{f' x {num_slices} slices' if num_slices > 1 else ''} ({chips} chips, "
         f"HBM {'unknown' if hbm is None else f'{hbm / GiB:.0f} GiB'} per chip), mesh ici={dict(config.mesh.ici)}")
     results = []

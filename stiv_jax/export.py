@@ -164,8 +164,8 @@ def _swap_in(staging: str, out: str) -> None:
 
 
 def model_card(config, summary: dict) -> str:
-    model = config.model
-    return f"""# STIV DiT: {config.get('stage', 'run')} ({model.get('size', '') or 'custom size'})
+    model = config.model   # the run's saved config.json: ``.get`` for keys it may predate ("" stage: 'run')
+    return f"""# STIV DiT: {config.get('stage', '') or 'run'} ({model.get('size', '') or 'custom size'})
 
 Exported by `stiv_jax.export` from `{summary['workdir']}` at step {summary['step']} ({summary['weights']},
 {summary['dtype']}): {summary['parameters'] / 1e6:.1f}M parameters in {summary['tensors']} tensors.

@@ -136,5 +136,5 @@ def main(argv):
 if __name__ == "__main__":
     from absl import app
     from ml_collections import config_flags
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config (experiments/*.py)")
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config (experiments/*.py)", lock_config=True)
     app.run(main)

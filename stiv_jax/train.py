@@ -76,9 +76,8 @@ def compile_train_step(config, bundle, tx, *, state, batch, frozen, shardings, m
 
 def start_health(config) -> tuple[health.HangWatchdog | None, health.GoodputTracker]:
     """The run's hang watchdog (None when ``config.health.hang_timeout_s`` is 0) and goodput tracker."""
-    settings = config.get("health", None) or {}
-    timeout_s = float(settings.get("hang_timeout_s", 1800))
-    startup_s = float(settings.get("startup_timeout_s", 7200))
+    timeout_s = float(config.health.hang_timeout_s)
+    startup_s = float(config.health.startup_timeout_s)
     watchdog = health.HangWatchdog(timeout_s, startup_timeout_s=startup_s).start() if timeout_s > 0 else None
     return watchdog, health.GoodputTracker()
 
@@ -132,7 +131,7 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
     is_lead = jax.process_index() == 0
     if is_lead:
         print(f"mesh {dict(mesh.shape)} over {mesh.size} devices, {jax.process_count()} process(es)")
-    if config.get("sample_every", 0):
+    if config.sample_every:
         from stiv_jax.eval import validation
         validation.check_settings(config)  # a typo in config.eval.validation fails now, not at the first validation
 
@@ -147,12 +146,12 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
     if is_lead:
         print(finetune.describe(abstract.params, trainable))
     fraction = rules_lib.check_parameter_sharding(abstract.params, shardings.params, mesh,
-                                                  min_fraction=config.mesh.get("min_sharded_fraction", 0.98))
+                                                  min_fraction=config.mesh.min_sharded_fraction)
     with goodput.phase("checkpoint"):   # the newest step that verifies; damaged ones are moved aside, said once
         state = ckpt.restore_newest_intact(workdir, abstract_state=abstract, shardings=shardings,
                                            data_iter=data_iter, log=print if is_lead else lambda _: None)
     manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints,
-                                keep_period=config.get("keep_checkpoint_period", None))
+                                keep_period=config.keep_checkpoint_period)
     on_failure.append(manager.close)
     if state is not None:
         if is_lead:
@@ -169,7 +168,7 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
     # Batches are read and put on the devices (with their shardings) by a background thread, ahead of the step;
     # checkpoints save the data position of the last batch the step took (prefetch.DevicePrefetcher).
     batches = prefetch.DevicePrefetcher(data_iter, lambda host: mesh_lib.host_to_global_batch(host, mesh, rules),
-                                        depth=int(config.data.get("device_prefetch", 2)))
+                                        depth=int(config.data.device_prefetch))
 
     # One executable per batch shape (data buckets give several); the first is compiled before the loop.
     compiled_steps: dict = {}
@@ -193,7 +192,7 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
             if is_lead:
                 sharded = f"; {fraction:.1%} of parameter bytes sharded over fsdp" if mesh.shape["fsdp"] > 1 else ""
                 print(f"train step compiled for {dict(key)} in {time.perf_counter() - start:.1f}s{sharded}")
-                if config.mesh.get("debug_sharding", False) and len(compiled_steps) == 1:
+                if config.mesh.debug_sharding and len(compiled_steps) == 1:
                     boxed = jax.eval_shape(boxed_params_fn)
                     print("\n".join(rules_lib.describe_parameter_shardings(boxed, rules, mesh) + activation_lines))
         return compiled_steps[key]
@@ -210,7 +209,7 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
         key = tuple(sorted(shapes.items()))
         if key not in step_flops_cache:
             latent = flops_lib.batch_latent_shape(shapes, latent_shape=bundle.latent_shape,
-                                                  latent_factor=int(config.latent.get("factor", 1)))
+                                                  latent_factor=int(config.latent.factor))
             batch_size = shapes["latents" if "latents" in shapes else "video"][0]   # global arrays
             step_flops_cache[key] = flops_lib.train_step_flops(
                 bundle.dit.config, latent_shape=latent, text_length=bundle.text_length, text_dim=config.text.dim,
@@ -218,21 +217,21 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
         return step_flops_cache[key]
 
     peak = accelerators.peak_tflops_per_device(jax.devices()[0].device_kind,
-                                               config.get("peak_tflops_per_device", None))
+                                               config.peak_tflops_per_device)
 
     # ----------------------------------------------------------------- loop
     writer = metrics_lib.MetricWriter(workdir)
     on_failure.append(writer.close)
-    max_nonfinite = int(config.optim.get("max_nonfinite_steps", 10))
-    profile_start, profile_stop = tuple(config.get("profile_steps", None) or (-1, -1))
-    sample_every = int(config.get("sample_every", 0) or 0)
+    max_nonfinite = int(config.optim.max_nonfinite_steps)
+    profile_start, profile_stop = tuple(config.profile_steps or (-1, -1))
+    sample_every = int(config.sample_every or 0)
     first_step = int(state.step)
     last_saved = first_step if manager.latest_step() == first_step else None
     progress = tqdm(range(first_step, config.total_steps), initial=first_step, total=config.total_steps,
                     desc="train", disable=not is_lead)
     timer = metrics_lib.StepTimer()
     # The guard reads the non-finite streak nonfinite_check_lag steps late, so that many steps stay in flight.
-    streaks = prefetch.LaggedReader(int(config.optim.get("nonfinite_check_lag", 2)))
+    streaks = prefetch.LaggedReader(int(config.optim.nonfinite_check_lag))
     aborted_streak = 0
     with mesh_lib.activate(mesh, rules), contextlib.closing(batches):
         for step in progress:
@@ -261,7 +260,7 @@ def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list
                 row.update(goodput_row(goodput))
                 writer.write(done, row)
                 progress.set_postfix(loss=f"{row['loss']:.4f}", skipped=int(row["skipped_steps"]))
-                if is_lead and config.get("console_metrics", True):
+                if is_lead and config.console_metrics:
                     progress.write(metrics_lib.format_row(done, row))
                     progress.write(f"step {done}: {goodput.summary_line()}")
             preempted = watcher.should_stop(done)

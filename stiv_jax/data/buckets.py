@@ -61,7 +61,7 @@ def parse_buckets(entries: Sequence, *, what: str) -> list[Bucket]:
 
 def video_buckets(data_config) -> list[Bucket]:
     """The video buckets of ``config.data`` (see the module docstring)."""
-    entries = data_config.get("buckets", ()) or ()
+    entries = data_config.buckets
     if not entries:
         return [Bucket(data_config.frames, data_config.resolution, data_config.resolution, data_config.batch_size)]
     return parse_buckets(entries, what="config.data.buckets")
@@ -69,9 +69,9 @@ def video_buckets(data_config) -> list[Bucket]:
 
 def image_buckets(data_config) -> list[Bucket]:
     """The image buckets: ``config.data.image_buckets`` or one square bucket at ``data.resolution``."""
-    entries = data_config.get("image_buckets", ()) or ()
+    entries = data_config.image_buckets
     if not entries:
-        size = data_config.get("image_batch_size", 0) or data_config.batch_size
+        size = data_config.image_batch_size or data_config.batch_size
         return [Bucket(1, data_config.resolution, data_config.resolution, size)]
     buckets = parse_buckets(entries, what="config.data.image_buckets")
     if any(b.frames != 1 for b in buckets):
@@ -86,7 +86,7 @@ def frame_strides(data_config) -> tuple[tuple[int, float], ...]:
     Raises:
       ValueError: naming ``config.data.frame_strides`` for a stride below 1, a negative weight or no weight.
     """
-    entries = data_config.get("frame_strides", ()) or ()
+    entries = data_config.frame_strides
     if not entries:
         return ((int(data_config.frame_stride), 1.0),)
     pairs = []

@@ -107,8 +107,8 @@ class DeviceEncoder:
             lambda params, v: self.latent_space.encode(params, v.astype(jnp.float32) / 127.5 - 1.0))
         self._encode_text = jax.jit(self.text_encoder.encode)
         latent_kind = config.latent.kind
-        self.latent_name = f"{latent_kind}:{config.latent.get('path', '') or config.latent.get('factor', '')}"
-        self.text_name = f"{config.text.kind}:{config.text.get('path', '')}"
+        self.latent_name = f"{latent_kind}:{config.latent.path or config.latent.factor}"
+        self.text_name = f"{config.text.kind}:{config.text.path}"
 
     def _pad(self, array: np.ndarray) -> jax.Array:
         pad = self.batch_size - len(array)

@@ -230,17 +230,17 @@ def bucket_streams(source, *, kind: str, buckets: list[Bucket], decode, stride: 
 
 def make_dataset(data_config, *, seed: int, process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
     """The per-host ``IterDataset`` of batches (infinite), before tokenization (captions are strings)."""
-    kind = data_config.get("kind", "video")
+    kind = data_config.kind
     strides = buckets_lib.frame_strides(data_config)
     stride = min(s for s, _ in strides)   # a clip joins a bucket when it holds the smallest stride's frames
-    read = grain.ReadOptions(num_threads=int(data_config.get("num_threads", 2)),
-                             prefetch_buffer_size=int(data_config.get("prefetch", 4)))
+    read = grain.ReadOptions(num_threads=int(data_config.num_threads),
+                             prefetch_buffer_size=int(data_config.prefetch))
     common = dict(seed=seed, process_index=process_index, process_count=process_count, read=read)
-    image_weight = float(data_config.get("image_weight", 0.0) or 0.0)
-    on_damaged = data_config.get("on_damaged_shard", "refuse")
+    image_weight = float(data_config.image_weight or 0.0)
+    on_damaged = data_config.on_damaged_shard
     if not 0.0 <= image_weight <= 1.0:
         raise ValueError(f"config.data.image_weight={image_weight} must be in [0, 1]")
-    if image_weight > 0 and not data_config.get("image_shards", ""):
+    if image_weight > 0 and not data_config.image_shards:
         raise ValueError("config.data.image_weight > 0 needs config.data.image_shards")
     if kind not in ("video", "latent"):
         raise ValueError(f"config.data.kind={kind!r}; valid: video, latent")
@@ -267,12 +267,12 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
     # A bucket stream filters out the other buckets' records by design; do not warn about the filter ratio.
     ds = grain.experimental.WithOptionsIterDataset(
         ds, grain.experimental.DatasetOptions(filter_warn_threshold_ratio=None))
-    workers = int(data_config.get("num_workers", 0) or 0)
+    workers = int(data_config.num_workers or 0)
     if workers > 0:
         if not flags.FLAGS.is_parsed():   # grain workers read absl flags; library callers may not have parsed them
             flags.FLAGS.mark_as_parsed()
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
-                                                         per_worker_buffer_size=int(data_config.get("prefetch", 4))))
+                                                         per_worker_buffer_size=int(data_config.prefetch)))
     return ds
 
 
@@ -281,13 +281,25 @@ def _reweight(streams: dict, total: float) -> dict:
     return {k: (ds, total * w / norm) for k, (ds, w) in streams.items()}
 
 
-def fingerprint(data_config, seed: int) -> str:
-    """What must match for a saved iterator state to mean the same batches (sources, buckets, seed...)."""
-    keys = ("shards", "kind", "frames", "frame_stride", "resolution", "random_crop", "buckets", "batch_size",
-            "image_shards", "image_weight", "image_batch_size", "image_buckets", "num_workers")
-    described = {k: str(data_config.get(k, None)) for k in keys}
+_FINGERPRINT_KEYS = ("shards", "kind", "frames", "frame_stride", "resolution", "random_crop", "buckets", "batch_size",
+                    "image_shards", "image_weight", "image_batch_size", "image_buckets", "num_workers")
+# Keys the stage configs did not hold before experiments/base.py gave every config every key: their saved states
+# describe these as None. At the base's value a state saved that way still means the same batches.
+_KEYS_ONCE_UNSET = {"image_shards": "", "image_weight": 0.0, "image_batch_size": 0, "image_buckets": (),
+                    "num_workers": 0}
+
+
+def fingerprint(data_config, seed: int, *, unset_at_default: bool = False) -> str:
+    """What must match for a saved iterator state to mean the same batches (sources, buckets, seed...).
+
+    ``unset_at_default``: the fingerprint of a config that left out the ``_KEYS_ONCE_UNSET`` keys still at the
+    base's value (states saved by stage runs before every config held them).
+    """
+    described = {k: str(data_config[k]) for k in _FINGERPRINT_KEYS}
+    if unset_at_default:
+        described.update({k: "None" for k, v in _KEYS_ONCE_UNSET.items() if data_config[k] == v})
     described["seed"] = seed
-    if data_config.get("frame_strides", ()):   # only when set: older runs' fingerprints stay what they were
+    if data_config.frame_strides:   # only when set: older runs' fingerprints stay what they were
         described["frame_strides"] = str(tuple(data_config.frame_strides))
     return hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -307,6 +319,7 @@ class DataIterator(grain.DatasetIterator):
         self.data_config, self.seed, self.tokenize = data_config, seed, tokenize
         self.process_index, self.process_count = process_index, process_count
         self.fingerprint = fingerprint(data_config, seed)
+        self.accepted_fingerprints = {self.fingerprint, fingerprint(data_config, seed, unset_at_default=True)}
         self.batches = 0
         self.skipped_records = 0
         self.reseeds = 0
@@ -344,7 +357,7 @@ class DataIterator(grain.DatasetIterator):
         if saved_count != self.process_count:
             problem = (f"the data iterator state was saved by {saved_count} processes but this run has "
                        f"{self.process_count}")
-        elif state.get("fingerprint") != self.fingerprint:
+        elif state.get("fingerprint") not in self.accepted_fingerprints:
             problem = ("the data iterator state was saved with a different config.data (shards, buckets, batch "
                        "sizes, workers) or seed")
         if problem is None:
@@ -352,7 +365,7 @@ class DataIterator(grain.DatasetIterator):
                 self._build(int(state["data_seed"]))
             self._inner.set_state(state["pipeline"])
             self.reseeds = int(state.get("reseeds", 0))
-        elif self.data_config.get("on_host_count_change", "refuse") == "restart" and saved_count != self.process_count:
+        elif self.data_config.on_host_count_change == "restart" and saved_count != self.process_count:
             self.reseeds = int(state.get("reseeds", 0)) + 1
             new_seed = (self.seed * 1_000_003 + int(state.get("batches", 0)) + self.reseeds) % 2**32
             logging.warning("%s: starting a fresh data order with seed %d (config.data.on_host_count_change="
@@ -385,7 +398,7 @@ def check_saved_host_count(data_iter_dir: str, process_count: int) -> None:
 def make_iterator(data_config, *, seed: int, tokenize: Tokenizer | None, process_index: int = 0,
                   process_count: int = 1) -> DataIterator:
     """A checkpointable iterator over this host's batches (see ``DataIterator``)."""
-    logging.info("data: %s (%s), buckets %s", data_config.shards, data_config.get("kind", "video"),
+    logging.info("data: %s (%s), buckets %s", data_config.shards, data_config.kind,
                  [b.name for b in buckets_lib.video_buckets(data_config)])
     return DataIterator(data_config, seed=seed, tokenize=tokenize, process_index=process_index,
                         process_count=process_count)

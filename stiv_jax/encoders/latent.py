@@ -44,6 +44,8 @@ def build_latent_space(latent_config, *, abstract: bool = False):
     set) its latent channels. ``abstract``: the VAE gets ``ShapeDtypeStruct`` params from
     ``pretrained.abstract_vae_space`` (its ``config.json`` if there, else the preset; no weights read: the fit check).
     """
+    # ``.get``: sampling and export pass a checkpoint's saved config.json, written before a key existed or by an
+    # experiment that did not set it (before experiments/base.py held every key); tests pass partial sections.
     kind = latent_config.kind
     if kind == "pixels":
         return PixelSpace(factor=latent_config.factor)

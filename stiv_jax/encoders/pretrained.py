@@ -49,6 +49,10 @@ def _has(path: str, *names: str) -> bool:
     return os.path.isdir(path) and any(os.path.exists(os.path.join(path, n)) for n in names)
 
 
+# ``.get`` on config sections below: sampling and export pass a checkpoint's saved config.json, written before a
+# key existed or by an experiment that did not set it (before experiments/base.py held every key).
+
+
 def missing_latent(latent_config) -> list[str]:
     """``['config.latent.path=...']`` when ``latent.kind='vae'`` and its directory has no ``config.json``."""
     if latent_config.kind == "vae" and not _has(latent_config.get("path", "") or "", "config.json"):

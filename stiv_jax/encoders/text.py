@@ -108,6 +108,8 @@ def build_text_encoder(text_config, *, abstract: bool = False) -> TextEncoder:
     kind = text_config.kind
     if kind not in KINDS:
         raise ValueError(f"config.text.kind={kind!r} is not known; valid kinds: {list(KINDS)}")
+    # ``.get``: sampling and export pass a checkpoint's saved config.json, written before a key existed or by an
+    # experiment that did not set it (before experiments/base.py held every key); tests pass partial sections.
     tokenizer_config = text_config.get("tokenizer", None) or {}
     path = checkpoint_dir.resolve_path(text_config.get("path", "") or "")
     tokenizer_kind = tokenizer_config.get("kind", "") or _OWN_TOKENIZER[kind]

@@ -35,7 +35,11 @@ SampleFn = Callable[..., np.ndarray]
 
 
 def default_validation_config() -> ml_collections.ConfigDict:
-    """``config.eval.validation`` defaults; a run's config overrides any of them."""
+    """``config.eval.validation`` defaults; a run's config overrides any of them.
+
+    The values of experiments/base.py's ``eval.validation`` (tests/experiments/test_base_config.py checks),
+    kept for configs that lack the section: a checkpoint's saved config.json written before it existed.
+    """
     config = ml_collections.ConfigDict()
     config.prompts = (              # fixed T2V prompts, one grid cell each
         "a cyclist rides past a white delivery van in the city",
@@ -59,6 +63,7 @@ def default_validation_config() -> ml_collections.ConfigDict:
 def validation_config(run_config) -> ml_collections.ConfigDict:
     """The defaults updated with ``run_config.eval.validation`` when present (unknown keys are named)."""
     config = default_validation_config()
+    # ``.get``: tests replace config.eval with a partial dict; a checkpoint's saved config.json may predate it.
     overrides = (run_config.get("eval", None) or {}).get("validation", None) or {}
     unknown = sorted(set(overrides) - set(config))
     if unknown:
@@ -116,7 +121,7 @@ class Validator:
 
     def __init__(self, run_config, workdir: str, sample_fn: SampleFn, *, metric_writer=None, mesh=None):
         self.config = validation_config(run_config)
-        self.every_steps = int(run_config.get("sample_every", 0) or 0)
+        self.every_steps = int(run_config.sample_every or 0)
         self.mesh = mesh
         self.fps = run_config.sample.fps
         self.workdir = workdir
@@ -134,7 +139,7 @@ class Validator:
             return []
         from stiv_jax.eval import clips as clips_lib
         frames = int(run_config.data.frames)
-        windows = clips_lib.ClipWindows(num_frames=frames, frame_stride=int(run_config.data.get("frame_stride", 1)))
+        windows = clips_lib.ClipWindows(num_frames=frames, frame_stride=int(run_config.data.frame_stride))
         try:
             heldout = list(clips_lib.iter_captioned_clips(c.heldout, windows, max_clips=needed))
         except FileNotFoundError as e:

@@ -40,7 +40,11 @@ STAGING_SUBDIR = ".staging"
 
 
 def default_vbench_config() -> ml_collections.ConfigDict:
-    """``config.eval.vbench`` defaults; a run's config overrides any of them."""
+    """``config.eval.vbench`` defaults; a run's config overrides any of them.
+
+    The values of experiments/base.py's ``eval.vbench`` (tests/experiments/test_base_config.py checks),
+    kept for configs that lack the section: a checkpoint's saved config.json written before it existed.
+    """
     config = ml_collections.ConfigDict()
     config.samples_per_prompt = 5   # VBench standard: 5 videos per prompt
     config.seed = 0                 # video i of prompt p uses noise seed seed + 5 * p + i
@@ -56,6 +60,7 @@ def default_vbench_config() -> ml_collections.ConfigDict:
 def vbench_config(run_config) -> ml_collections.ConfigDict:
     """The defaults updated with ``run_config.eval.vbench`` when present (unknown keys are named)."""
     config = default_vbench_config()
+    # ``.get``: ``run_config`` is a checkpoint's saved config.json, which may predate config.eval.vbench.
     overrides = (run_config.get("eval", None) or {}).get("vbench", None) or {}
     unknown = sorted(set(overrides) - set(config))
     if unknown:

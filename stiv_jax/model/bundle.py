@@ -143,6 +143,8 @@ def default_micro_conditions(config, batch: int, *, frame_stride: float | None =
 
 def lora_fields(config) -> dict:
     """``DiTConfig`` LoRA fields from ``config.finetune.lora`` (empty without one, or with rank 0)."""
+    # ``.get``: sampling and export rebuild the model from a checkpoint's saved config.json, which has no
+    # ``finetune`` when written before experiments/base.py gave every config one (or ``alpha`` etc. unset).
     lora = (config.get("finetune", None) or {}).get("lora", None)
     if not lora or not lora.get("rank", 0):
         return {}
@@ -150,7 +152,8 @@ def lora_fields(config) -> dict:
     unknown = sorted(set(lora) - known)
     if unknown:
         raise ValueError(f"config.finetune.lora has unknown keys {unknown}; valid keys: {sorted(known)}")
-    return dict(lora_rank=int(lora["rank"]), lora_alpha=float(lora.get("alpha", lora["rank"])),
+    alpha = lora.get("alpha", None)   # None (the base's value) or absent: the rank, a scale of 1
+    return dict(lora_rank=int(lora["rank"]), lora_alpha=float(lora["rank"] if alpha is None else alpha),
                 lora_dropout=float(lora.get("dropout", 0.0)), lora_targets=str(lora.get("targets", "")))
 
 
@@ -170,6 +173,7 @@ def build_model_bundle(config, *, abstract: bool = False) -> ModelBundle:
     factor = config.latent.factor
     latent_shape = (config.data.frames, res // factor, res // factor, latent_space.channels)
     default_micro = tuple(float(v) for v in default_micro_conditions(config, 1)[0])
+    # ``.get``: a checkpoint's saved config.json may predate diffusion.prediction / min_time_gap (velocity, 0.05).
     prediction = config.diffusion.get("prediction", "velocity")
     if prediction not in PREDICTIONS:
         raise ValueError(f"config.diffusion.prediction={prediction!r}; valid: {PREDICTIONS}")

@@ -67,6 +67,8 @@ MESH_PRESETS = {
 def with_preset(mesh_config) -> dict:
     """``config.mesh`` as a dict, the keys of its ``preset`` (if set) written over it; the error lists presets."""
     values = dict(mesh_config.items()) if hasattr(mesh_config, "items") else dict(mesh_config)
+    # ``.get`` here and in build_mesh / logical_rules: library callers pass partial mesh sections (eval/i3d.py's
+    # one-axis mesh gives ``ici`` alone; tests give ``rules`` alone), not only a run's full config.mesh.
     name = values.get("preset", "") or ""
     if name:
         if name not in MESH_PRESETS:

@@ -177,14 +177,10 @@ def check_rope_scales(config, sources: dict[str, SourceCheckpoint], plan: surger
         if kind == "temporal" and source_tokens == 1:
             continue
         key = ROPE_SCALE_KEYS[kind]
+        # A source's config is its checkpoint's saved config.json: one written before the key existed has none.
         source_scale = float(source.config.model.get(key, 1.0))
         expected = source_scale * source_tokens / target_grid[kind]
-        actual = config.model.get(key, None)
-        if actual is None:
-            if abs(expected - 1.0) > 1e-9:
-                problems.append(f"config.model has no {key}; {kind} RoPE must be interpolated by {expected:g} "
-                                f"({source.name}: {source_tokens} tokens -> {target_grid[kind]})")
-            continue
+        actual = config.model[key]
         if abs(float(actual) - expected) > 1e-6:
             problems.append(f"config.model.{key}={actual} but {source.name} was trained at {source_tokens} {kind} "
                             f"tokens x {source_scale:g}; {target_grid[kind]} tokens need {key}={expected:g}")
@@ -210,8 +206,8 @@ def initialize_from_sources(config, state, *, log: Callable[[str], None] = print
       state: the freshly initialised, sharded train state (``params`` / ``ema_params`` nested dicts).
       log: where the transition report goes.
     """
-    init = config.get("init", None)
-    if init is None or not init.sources:
+    init = config.init
+    if not init.sources:
         return state
     sources = {name: open_source(name, workdir, use_ema=init.use_ema) for name, workdir in init.sources.items()}
     target = surgery.flatten(state.params)
@@ -231,6 +227,6 @@ def initialize_from_sources(config, state, *, log: Callable[[str], None] = print
             value = surgery.reshape_for_target(p, restored[path]).astype(target[path].dtype)
             new_flat[path] = jax.device_put(value, target[path].sharding)
     params = surgery.unflatten(new_flat)
-    log(plan.report(f"stage transition into {config.get('stage', '?')}") + ("\n" + "\n".join(rope_lines)
+    log(plan.report(f"stage transition into {config.stage or '?'}") + ("\n" + "\n".join(rope_lines)
                                                                           if rope_lines else ""))
     return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))

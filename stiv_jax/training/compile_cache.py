@@ -40,7 +40,7 @@ def enable(config=None, *, workdir: str | None = None) -> str | None:
     """
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return os.environ["JAX_COMPILATION_CACHE_DIR"]
-    setting = config.get("compilation_cache_dir", "") if config is not None else ""
+    setting = config.compilation_cache_dir if config is not None else ""
     path = cache_dir(setting, workdir)
     if path is None:
         return None

@@ -26,10 +26,8 @@ def path_str(key_path) -> str:
 
 def trainable_patterns(config) -> tuple[str, ...] | None:
     """The regexes of the trainable parameters of ``config`` (None: every parameter trains)."""
-    finetune = config.get("finetune", None) or {}
-    patterns = tuple(finetune.get("trainable", ()) or ())
-    lora = finetune.get("lora", None) or {}
-    if lora.get("rank", 0) and LORA_PATTERN not in patterns:   # adapters always train, beside any pattern
+    patterns = tuple(config.finetune.trainable or ())
+    if config.finetune.lora.rank and LORA_PATTERN not in patterns:   # adapters always train, beside any pattern
         patterns = patterns + (LORA_PATTERN,)
     for pattern in patterns:
         try:

@@ -49,8 +49,8 @@ def build_optimizer(optim_config) -> optax.GradientTransformation:
         if optim_config.weight_decay:
             raise ValueError("config.optim.weight_decay must be 0 with adafactor (the paper uses none)")
         opt = adafactor(schedule, b1=optim_config.b1, b2=optim_config.b2,
-                        min_dim_size_to_factor=optim_config.get("min_dim_size_to_factor", 128),
-                        block_rms_clip=optim_config.get("block_rms_clip", None))
+                        min_dim_size_to_factor=optim_config.min_dim_size_to_factor,
+                        block_rms_clip=optim_config.block_rms_clip)
     else:
         raise ValueError(f"config.optim.name={optim_config.name!r}; valid: adamw, adafactor")
     return optax.chain(optax.clip_by_global_norm(optim_config.grad_clip), opt)

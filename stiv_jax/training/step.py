@@ -54,7 +54,7 @@ def make_loss_fn(config, bundle: ModelBundle):
     diffusion = config.diffusion
     sampler = tasks.TaskSampler.from_config(diffusion, frames=bundle.latent_shape[0])
     shift = flow.timestep_shift(diffusion, bundle.latent_shape)
-    mask_ratio = float(config.model.get("mask_ratio", 0.0))
+    mask_ratio = float(config.model.mask_ratio)
     patch = bundle.dit.config.patch_size
     lora_dropout = bundle.dit.config.lora_rank > 0 and bundle.dit.config.lora_dropout > 0
 
@@ -100,7 +100,7 @@ def make_train_step(config, bundle: ModelBundle, tx: optax.GradientTransformatio
     loss_fn = make_loss_fn(config, bundle)
 
     schedule = learning_rate_schedule(config.optim)
-    num_micro = int(config.optim.get("grad_accum_steps", 1) or 1)
+    num_micro = int(config.optim.grad_accum_steps or 1)
 
     patterns = finetune.trainable_patterns(config)
 

@@ -348,3 +348,14 @@ def test_latent_path_reads_the_encoder_jobs_records_of_the_real_clips(demo_shard
         pixel_id = int(offsets[meta["source_shard"]] + meta["source_index"])
         expected = np.asarray(space.encode(None, by_id[pixel_id][None].astype(np.float32) / 127.5 - 1.0))[0]
         assert_close(batch["latents"][row], expected, ulps=16)
+
+
+def test_fingerprints_of_states_saved_before_every_config_held_every_key_still_match():
+    """Values the fingerprint had before experiments/base.py: the demo's is unchanged; a stage config's (which
+    then lacked the image/worker keys) is accepted through its ``unset_at_default`` form."""
+    from experiments import demo, t2v_256
+    assert pipeline.fingerprint(demo.get_config().data, 0) == "c00cd49c16576d7e"
+    stage = t2v_256.get_config("runlocal").data
+    assert pipeline.fingerprint(stage, 0, unset_at_default=True) == "c50c0472487566f7"
+    stage.num_workers = 2   # not at the base's value: described as set, so a state saved without it differs
+    assert pipeline.fingerprint(stage, 0, unset_at_default=True) != "c50c0472487566f7"
