@@ -89,7 +89,7 @@ def run_case(args, *, attention: str, remat: str, batch: int, profile_dir: str =
     import numpy as np
     from stiv_jax.parallel import hlo_cost
     from stiv_jax.parallel import mesh as mesh_lib
-    from stiv_jax.train import compile_train_step
+    from stiv_jax.training.compiled import compile_train_step
     from stiv_jax.training import accelerators, roofline
     from stiv_jax.training import flops as flops_lib
     from stiv_jax.training import state as state_lib
@@ -105,7 +105,7 @@ def run_case(args, *, attention: str, remat: str, batch: int, profile_dir: str =
         boxed_fn = lambda: bundle.init_boxed_params(jax.random.key(0))  # noqa: E731
         state, shardings = state_lib.init_state(boxed_fn, tx, mesh, rules)
         rng = np.random.default_rng(0)
-        from stiv_jax.compile import batch_specs
+        from stiv_jax.training.compiled import batch_specs
         from stiv_jax.data.buckets import video_buckets
         specs = batch_specs(config, video_buckets(config.data)[0])
         host = {k: (rng.integers(0, 255, s.shape).astype(s.dtype) if k == "video" else np.ones(s.shape, s.dtype))

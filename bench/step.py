@@ -53,7 +53,7 @@ def main():
     from stiv_jax.parallel import hlo_cost
     from stiv_jax.parallel import mesh as mesh_lib
     from stiv_jax.parallel import rules as rules_lib
-    from stiv_jax.train import compile_train_step
+    from stiv_jax.training.compiled import compile_train_step
     from stiv_jax.training import flops as flops_lib
     from stiv_jax.training import state as state_lib
     from stiv_jax.model.bundle import build_model_bundle

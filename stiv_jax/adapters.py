@@ -20,8 +20,7 @@ import ml_collections
 import numpy as np
 from safetensors.numpy import save_file
 
-from stiv_jax.checkpointing.exports import (ADAPTER, FORMAT, AdapterMismatchError, apply_adapter,  # noqa: F401
-                                            fingerprint, is_adapter, is_adapter_export)
+from stiv_jax.checkpointing.exports import ADAPTER, FORMAT, fingerprint, is_adapter
 from stiv_jax.stages import transition
 from stiv_jax.training.finetune import LORA_PATTERN
 

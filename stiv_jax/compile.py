@@ -108,36 +108,6 @@ def topology_devices(topology: Topology, num_slices: int = 1) -> list:
     return list(desc.devices)
 
 
-def batch_specs(config, bucket, *, latent_shape=None) -> dict:
-    """Shapes and dtypes of one global batch of ``bucket``, as the data pipeline emits it.
-
-    ``config.data.kind='video'``: uint8 ``video`` ``[b, frames, height, width, 3]`` and token ids (the step runs
-    the frozen VAE and text encoder). ``'latent'``: precomputed ``latents`` ``[b, *latent_shape]`` and
-    ``text_embeddings`` ``[b, max_length, text.dim]`` / ``pooled_text`` ``[b, text.dim]`` in bfloat16 (what
-    ``stiv_jax.data.encode --dtype=bfloat16`` stores), so the step holds no encoder. ``latent_shape``:
-    ``[frames, height, width, channels]`` of one latent clip (``ModelBundle.latent_shape``), for ``'latent'``.
-    """
-    import jax
-    import jax.numpy as jnp
-    kind = config.data.kind
-    b, length = bucket.batch_size, config.text.max_length
-    specs = {"micro_conditions": jax.ShapeDtypeStruct((b, 6), jnp.float32),
-             "fps": jax.ShapeDtypeStruct((b,), jnp.float32),
-             "record_id": jax.ShapeDtypeStruct((b,), jnp.int32),
-             "text_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_)}
-    if kind == "video":
-        return dict(specs, video=jax.ShapeDtypeStruct((b, bucket.frames, bucket.height, bucket.width, 3), jnp.uint8),
-                    text_ids=jax.ShapeDtypeStruct((b, length), jnp.int32))
-    if kind == "latent":
-        if latent_shape is None:
-            raise ValueError("config.data.kind='latent': batch_specs needs the latent_shape of one clip")
-        dim = config.text.dim
-        return dict(specs, latents=jax.ShapeDtypeStruct((b, *latent_shape), jnp.bfloat16),
-                    text_embeddings=jax.ShapeDtypeStruct((b, length, dim), jnp.bfloat16),
-                    pooled_text=jax.ShapeDtypeStruct((b, dim), jnp.bfloat16))
-    raise ValueError(f"config.data.kind={kind!r}: the fit check builds 'video' or 'latent' batches")
-
-
 @dataclasses.dataclass
 class FitResult:
     """Per-chip figures of one compiled bucket."""
@@ -171,11 +141,12 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     import flax.linen as nn
     import jax
     from stiv_jax.checkpointing.manager import abstract_with_shardings
-    from stiv_jax.parallel import mesh as mesh_lib
-    from stiv_jax.training import state as state_lib
     from stiv_jax.model.bundle import build_model_bundle
+    from stiv_jax.parallel import mesh as mesh_lib
+    from stiv_jax.training import compiled as compiled_lib
+    from stiv_jax.training import finetune
+    from stiv_jax.training import state as state_lib
     from stiv_jax.training.optimizer import build_optimizer
-    from stiv_jax.training.step import make_train_step
 
     mesh = mesh_lib.build_mesh(config.mesh, devices)
     rules = mesh_lib.logical_rules(config.mesh)
@@ -185,20 +156,17 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     tx = build_optimizer(config.optim)
     start = time.perf_counter()
     result = FitResult(bucket.name + f" batch {bucket.batch_size}", bucket.batch_size / len(devices), 0.0)
-    from stiv_jax.training import finetune
     abstract, shardings = state_lib.state_shardings(lambda: bundle.init_boxed_params(jax.random.key(0)), tx,
                                                     mesh, rules, trainable=finetune.trainable_patterns(config))
     batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=mesh_lib.batch_sharding(mesh, rules, v.ndim))
-             for k, v in batch_specs(config, bucket, latent_shape=bundle.latent_shape).items()}
+             for k, v in compiled_lib.batch_specs(config, bucket, latent_shape=bundle.latent_shape).items()}
     frozen_boxed = bundle.frozen_boxed_params(batch)   # frozen encoders: step arguments, sharded by their names
     frozen = abstract_with_shardings(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                                                   nn.unbox(frozen_boxed)),
                                      state_lib.frozen_shardings(frozen_boxed, mesh, rules))
-    step = jax.jit(make_train_step(config, bundle, tx), in_shardings=(shardings, None, None),
-                   out_shardings=(shardings, None), donate_argnums=0)
     try:
-        with mesh_lib.activate(mesh, rules):
-            compiled = step.lower(abstract_with_shardings(abstract, shardings), batch, frozen).compile()
+        compiled, _ = compiled_lib.compile_train_step(config, bundle, tx, state=abstract_with_shardings(
+            abstract, shardings), batch=batch, frozen=frozen, shardings=shardings, mesh=mesh, rules=rules)
     except Exception as e:  # noqa: BLE001 - any compile failure is a verdict, reported with its message
         text = str(e)
         if "RESOURCE_EXHAUSTED" not in text and "HbmOom" not in text:
@@ -220,12 +188,7 @@ def compile_bucket(config, devices, bucket) -> FitResult:
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     result.flops = float((cost or {}).get("flops", 0.0))
     result.hlo_text = compiled.as_text()
-    from stiv_jax.training import flops as flops_lib
-    latent = flops_lib.batch_latent_shape({k: v.shape for k, v in batch.items()}, latent_shape=bundle.latent_shape,
-                                          latent_factor=int(config.latent.factor))
-    result.model_flops = flops_lib.train_step_flops(
-        bundle.dit.config, latent_shape=latent, text_length=bundle.text_length, text_dim=config.text.dim,
-        batch_size=bucket.batch_size) / len(devices)
+    result.model_flops = compiled_lib.step_flops(config, bundle, {k: v.shape for k, v in batch.items()}) / len(devices)
     return result
 
 

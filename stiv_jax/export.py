@@ -32,7 +32,7 @@ import numpy as np
 
 from stiv_jax.checkpointing import integrity
 from stiv_jax.checkpointing import manager as ckpt
-from stiv_jax.checkpointing.exports import INDEX, SINGLE, is_export, load_exported  # noqa: F401  (the reader)
+from stiv_jax.checkpointing.exports import INDEX, SINGLE, is_export
 from stiv_jax.stages import transition
 
 DTYPES = {"fp32": jnp.float32, "float32": jnp.float32, "bf16": jnp.bfloat16, "bfloat16": jnp.bfloat16}
@@ -192,8 +192,10 @@ Keys are '/'-joined parameter paths, e.g. `dit/patch_embed/proj/kernel`; any saf
 
 def main(argv):
     del argv
-    from absl import flags
+    from absl import flags, logging
     f = flags.FLAGS
+    if not f["verbosity"].present:   # orbax logs every file at INFO and warns of the data state export leaves unread
+        logging.set_verbosity(logging.ERROR)
     if f.adapter:
         from stiv_jax import adapters
         if f.merge_lora:

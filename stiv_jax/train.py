@@ -20,9 +20,10 @@ the whole run of this process, to ``workdir/goodput.json``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -32,22 +33,23 @@ from tqdm import tqdm
 
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.data.pipeline import make_iterator
+from stiv_jax.eval import validation
 from stiv_jax.launch import distributed
 from stiv_jax.parallel import mesh as mesh_lib
 from stiv_jax.parallel import rules as rules_lib
 from stiv_jax.stages import transition
 from stiv_jax.training import accelerators
 from stiv_jax.training import compile_cache
+from stiv_jax.training import compiled as compiled_lib
 from stiv_jax.training import finetune
-from stiv_jax.training import flops as flops_lib
 from stiv_jax.training import health
 from stiv_jax.training import metrics as metrics_lib
 from stiv_jax.training import prefetch
+from stiv_jax.training import schedule as schedule_lib
 from stiv_jax.training import state as state_lib
 from stiv_jax.model.bundle import build_model_bundle
 from stiv_jax.training.optimizer import build_optimizer, learning_rate_schedule
 from stiv_jax.training.preemption import PreemptionWatcher
-from stiv_jax.training.step import make_train_step
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, samples.")
@@ -56,22 +58,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 class NonFiniteLossError(FloatingPointError):
     """Raised after ``config.optim.max_nonfinite_steps`` consecutive NaN/Inf steps."""
-
-
-def compile_train_step(config, bundle, tx, *, state, batch, frozen, shardings, mesh, rules):
-    """Lowers and compiles the train step with explicit in/out shardings and a donated state.
-
-    ``frozen``: the frozen encoder weights on the mesh (``state.place_frozen``), an argument of the step.
-
-    Returns ``(compiled, activation_lines)``; the activation sharding lines are filled when
-    ``config.mesh.debug_sharding`` is set.
-    """
-    batch_shardings, frozen_shardings = (jax.tree.map(lambda x: x.sharding, tree) for tree in (batch, frozen))
-    jitted = jax.jit(make_train_step(config, bundle, tx), out_shardings=(shardings, None), donate_argnums=0,
-                     in_shardings=(shardings, batch_shardings, frozen_shardings))
-    with mesh_lib.activate(mesh, rules), mesh_lib.record_activation_shardings() as activation_lines:
-        lowered = jitted.lower(state, batch, frozen)
-    return lowered.compile(), list(activation_lines)
 
 
 def start_health(config) -> tuple[health.HangWatchdog | None, health.GoodputTracker]:
@@ -95,13 +81,13 @@ def train(config, workdir: str) -> state_lib.TrainState:
     watcher = PreemptionWatcher()   # first: a SIGTERM during set-up or the first compile still exits cleanly
     compile_cache.enable(config, workdir=workdir)   # a restart loads the compiled step instead of compiling
     watchdog, goodput = start_health(config)
-    on_failure: list = []           # closers of what _train opened (an in-flight save completes before the error)
     try:
-        return _train(config, workdir, watchdog=watchdog, goodput=goodput, watcher=watcher, on_failure=on_failure)
-    except BaseException:
-        for close in on_failure:
-            close()
-        raise
+        # What set-up opens (checkpoint manager, metric writer, validator) is closed on the way out, also on an
+        # error (an in-flight save then completes before the error propagates).
+        with contextlib.ExitStack() as closers:
+            run = _set_up(config, workdir, goodput=goodput, closers=closers)
+            return _finish(run, _loop(run, watchdog=watchdog, goodput=goodput, watcher=watcher),
+                           watchdog=watchdog, goodput=goodput, closers=closers)
     finally:
         watcher.close()
         if watchdog is not None:
@@ -119,189 +105,213 @@ def check_learning_rate(config) -> None:
                          f"rate {values[first]} at step {int(steps[first])}; it must be finite and >= 0")
 
 
-def _train(config, workdir: str, *, watchdog, goodput, watcher, on_failure: list) -> state_lib.TrainState:
-    pause = watchdog.paused if watchdog is not None else contextlib.nullcontext
-    # ----------------------------------------------------------------- setup
+@dataclasses.dataclass
+class _Run:
+    """What set-up hands the loop: the mesh, the model, the state to train and what reads, steps and writes."""
+
+    config: Any
+    workdir: str
+    mesh: jax.sharding.Mesh
+    rules: Any
+    state: state_lib.TrainState
+    steps: compiled_lib.StepCache            # the compiled step per batch shape
+    batches: prefetch.DevicePrefetcher       # global batches on the mesh, read ahead of the step
+    manager: Any                             # orbax CheckpointManager of workdir/checkpoints
+    writer: metrics_lib.MetricWriter
+    schedule: schedule_lib.Schedule
+    is_lead: bool                            # process 0: prints and writes run files
+    make_validator: Callable[[], Any]        # builds the run's eval.validation.Validator (held-out clips loaded)
+    _validator: Any = None
+
+    def validate(self, done: int) -> None:
+        """Validates the EMA weights at step ``done``; the validator is built at the first validation (a run that
+        stops before it reads no held-out clips) and closed with the run."""
+        if self._validator is None:
+            self._validator = self.make_validator()
+        self._validator.run(done, self.state.ema_params)
+
+    def close_validator(self) -> None:
+        if self._validator is not None:
+            self._validator.close()
+
+
+def _set_up(config, workdir: str, *, goodput, closers: contextlib.ExitStack) -> _Run:
+    """Mesh, model bundle, data, restored (or initialised) state, compiled first step, writers."""
     check_learning_rate(config)
     os.makedirs(workdir, exist_ok=True)
-    mesh = mesh_lib.build_mesh(config.mesh)
-    rules = mesh_lib.logical_rules(config.mesh)
+    mesh, rules = mesh_lib.build_mesh(config.mesh), mesh_lib.logical_rules(config.mesh)
     bundle = build_model_bundle(config)
     tx = build_optimizer(config.optim)
     is_lead = jax.process_index() == 0
-    if is_lead:
-        print(f"mesh {dict(mesh.shape)} over {mesh.size} devices, {jax.process_count()} process(es)")
-    if config.sample_every:
-        from stiv_jax.eval import validation
+    log = print if is_lead else lambda _: None
+    log(f"mesh {dict(mesh.shape)} over {mesh.size} devices, {jax.process_count()} process(es)")
+    schedule = schedule_lib.Schedule.from_config(config)
+    if schedule.validate_every:
         validation.check_settings(config)  # a typo in config.eval.validation fails now, not at the first validation
-
-    # ----------------------------------------------------------------- data
     data_iter = make_iterator(config.data, seed=config.seed, tokenize=bundle.tokenize,
                               process_index=jax.process_index(), process_count=jax.process_count())
-
-    # ----------------------------------------------------------------- state: init or resume
-    boxed_params_fn = lambda: bundle.init_boxed_params(jax.random.key(config.seed))  # noqa: E731
-    trainable = finetune.trainable_patterns(config)   # config.finetune: partial fine-tuning / LoRA
-    abstract, shardings = state_lib.state_shardings(boxed_params_fn, tx, mesh, rules, trainable=trainable)
-    if is_lead:
-        print(finetune.describe(abstract.params, trainable))
-    fraction = rules_lib.check_parameter_sharding(abstract.params, shardings.params, mesh,
-                                                  min_fraction=config.mesh.min_sharded_fraction)
-    with goodput.phase("checkpoint"):   # the newest step that verifies; damaged ones are moved aside, said once
-        state = ckpt.restore_newest_intact(workdir, abstract_state=abstract, shardings=shardings,
-                                           data_iter=data_iter, log=print if is_lead else lambda _: None)
-    manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints,
-                                keep_period=config.keep_checkpoint_period)
-    on_failure.append(manager.close)
-    if state is not None:
-        if is_lead:
-            print(f"resumed from step {int(state.step)} in {workdir}")
-    else:
-        state, shardings = state_lib.init_state(boxed_params_fn, tx, mesh, rules, trainable=trainable)
-        # Stage transitions: weights from earlier stages' checkpoints (config.init), with a report.
-        state = transition.initialize_from_sources(config, state)
+    state, shardings, manager, fraction = _restore_or_init(config, workdir, bundle, tx, mesh=mesh, rules=rules,
+                                                           data_iter=data_iter, goodput=goodput, log=log)
+    closers.callback(manager.close)
     if is_lead:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=1)
-
-    # ----------------------------------------------------------------- compiled step
     # Batches are read and put on the devices (with their shardings) by a background thread, ahead of the step;
     # checkpoints save the data position of the last batch the step took (prefetch.DevicePrefetcher).
     batches = prefetch.DevicePrefetcher(data_iter, lambda host: mesh_lib.host_to_global_batch(host, mesh, rules),
                                         depth=int(config.data.device_prefetch))
+    closers.callback(batches.close)
 
-    # One executable per batch shape (data buckets give several); the first is compiled before the loop.
-    compiled_steps: dict = {}
+    def on_compile(key, seconds: float, activation_lines: list, count: int) -> None:
+        sharded = f"; {fraction:.1%} of parameter bytes sharded over fsdp" if mesh.shape["fsdp"] > 1 else ""
+        log(f"train step compiled for {dict(key)} in {seconds:.1f}s{sharded}")
+        if config.mesh.debug_sharding and count == 1:
+            boxed = jax.eval_shape(lambda: bundle.init_boxed_params(jax.random.key(config.seed)))
+            log("\n".join(rules_lib.describe_parameter_shardings(boxed, rules, mesh) + activation_lines))
 
-    frozen_by_kind: dict = {}   # frozen encoder weights on the mesh, by which of them a batch kind needs
-
-    def frozen_for(batch):
-        kind = ("latents" in batch, "text_embeddings" in batch)
-        if kind not in frozen_by_kind:
-            frozen_by_kind[kind], _ = state_lib.place_frozen(bundle.frozen_boxed_params(batch), mesh, rules)
-        return frozen_by_kind[kind]
-
-    def step_for(batch):
-        key = tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
-        if key not in compiled_steps:
-            start = time.perf_counter()
-            compiled, activation_lines = compile_train_step(config, bundle, tx, state=state, batch=batch,
-                                                            frozen=frozen_for(batch), shardings=shardings,
-                                                            mesh=mesh, rules=rules)
-            compiled_steps[key] = compiled
-            if is_lead:
-                sharded = f"; {fraction:.1%} of parameter bytes sharded over fsdp" if mesh.shape["fsdp"] > 1 else ""
-                print(f"train step compiled for {dict(key)} in {time.perf_counter() - start:.1f}s{sharded}")
-                if config.mesh.debug_sharding and len(compiled_steps) == 1:
-                    boxed = jax.eval_shape(boxed_params_fn)
-                    print("\n".join(rules_lib.describe_parameter_shardings(boxed, rules, mesh) + activation_lines))
-        return compiled_steps[key]
-
-    with goodput.phase("data"):
-        batch, wait = next(batches)
-    with goodput.phase("compile"):
-        step_for(batch)
-    step_flops_cache: dict = {}
-
-    def step_flops(batch) -> float:
-        """Analytic FLOPs of a step on this batch's bucket (its frames, size and global batch)."""
-        shapes = {k: tuple(v.shape) for k, v in batch.items()}
-        key = tuple(sorted(shapes.items()))
-        if key not in step_flops_cache:
-            latent = flops_lib.batch_latent_shape(shapes, latent_shape=bundle.latent_shape,
-                                                  latent_factor=int(config.latent.factor))
-            batch_size = shapes["latents" if "latents" in shapes else "video"][0]   # global arrays
-            step_flops_cache[key] = flops_lib.train_step_flops(
-                bundle.dit.config, latent_shape=latent, text_length=bundle.text_length, text_dim=config.text.dim,
-                batch_size=batch_size)
-        return step_flops_cache[key]
-
-    peak = accelerators.peak_tflops_per_device(jax.devices()[0].device_kind,
-                                               config.peak_tflops_per_device)
-
-    # ----------------------------------------------------------------- loop
+    steps = compiled_lib.StepCache(config, bundle, tx, shardings=shardings, mesh=mesh, rules=rules,
+                                   on_compile=on_compile)
     writer = metrics_lib.MetricWriter(workdir)
-    on_failure.append(writer.close)
-    max_nonfinite = int(config.optim.max_nonfinite_steps)
-    profile_start, profile_stop = tuple(config.profile_steps or (-1, -1))
-    sample_every = int(config.sample_every or 0)
-    first_step = int(state.step)
-    last_saved = first_step if manager.latest_step() == first_step else None
+    closers.callback(writer.close)
+    run = _Run(config=config, workdir=workdir, mesh=mesh, rules=rules, state=state, steps=steps, batches=batches,
+               manager=manager, writer=writer, schedule=schedule, is_lead=is_lead,
+               make_validator=lambda: validation.for_run(config, workdir, bundle, mesh=mesh, rules=rules,
+                                                         writer=writer))
+    closers.callback(run.close_validator)
+    return run
+
+
+def _restore_or_init(config, workdir: str, bundle, tx, *, mesh, rules, data_iter, goodput, log):
+    """``(state, shardings, manager, fraction)``: the newest checkpoint of ``workdir`` that verifies (damaged ones
+    moved aside, said once), else a fresh state with the stage transition's weights (``config.init``); ``fraction``:
+    the share of parameter bytes sharded over ``fsdp``, checked against ``config.mesh.min_sharded_fraction`` first."""
+    boxed_params_fn = lambda: bundle.init_boxed_params(jax.random.key(config.seed))  # noqa: E731
+    trainable = finetune.trainable_patterns(config)   # config.finetune: partial fine-tuning / LoRA
+    abstract, shardings = state_lib.state_shardings(boxed_params_fn, tx, mesh, rules, trainable=trainable)
+    log(finetune.describe(abstract.params, trainable))
+    fraction = rules_lib.check_parameter_sharding(abstract.params, shardings.params, mesh,
+                                                  min_fraction=config.mesh.min_sharded_fraction)
+    with goodput.phase("checkpoint"):
+        state = ckpt.restore_newest_intact(workdir, abstract_state=abstract, shardings=shardings,
+                                           data_iter=data_iter, log=log)
+    manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints,
+                                keep_period=config.keep_checkpoint_period)
+    if state is not None:
+        log(f"resumed from step {int(state.step)} in {workdir}")
+        return state, shardings, manager, fraction
+    state, shardings = state_lib.init_state(boxed_params_fn, tx, mesh, rules, trainable=trainable)
+    return transition.initialize_from_sources(config, state), shardings, manager, fraction
+
+
+@dataclasses.dataclass
+class _Outcome:
+    first_step: int
+    last_saved: int | None          # the newest step saved (None: none since the start of this process)
+    aborted_streak: int = 0         # the non-finite streak that stopped the run (0: it did not)
+
+
+def _loop(run: _Run, *, watchdog, goodput, watcher) -> _Outcome:
+    """Steps from the state's step to ``config.total_steps`` (or a preemption, or a non-finite streak)."""
+    config, schedule = run.config, run.schedule
+    pause = watchdog.paused if watchdog is not None else contextlib.nullcontext
+    with goodput.phase("data"):
+        batch, wait = next(run.batches)
+    with goodput.phase("compile"):   # the first bucket's step, before the loop
+        run.steps.executable(run.state, batch)
+    peak = accelerators.peak_tflops_per_device(jax.devices()[0].device_kind, config.peak_tflops_per_device)
+    first_step = int(run.state.step)
+    outcome = _Outcome(first_step, first_step if run.manager.latest_step() == first_step else None)
     progress = tqdm(range(first_step, config.total_steps), initial=first_step, total=config.total_steps,
-                    desc="train", disable=not is_lead)
+                    desc="train", disable=not run.is_lead)
     timer = metrics_lib.StepTimer()
     # The guard reads the non-finite streak nonfinite_check_lag steps late, so that many steps stay in flight.
     streaks = prefetch.LaggedReader(int(config.optim.nonfinite_check_lag))
-    aborted_streak = 0
-    with mesh_lib.activate(mesh, rules), contextlib.closing(batches):
+    with mesh_lib.activate(run.mesh, run.rules):
         for step in progress:
-            if step == profile_start:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
+            if schedule.profile_starts(step):
+                jax.profiler.start_trace(os.path.join(run.workdir, "profile"))
             if step > first_step:
                 with goodput.phase("data"):
-                    batch, wait = next(batches)
+                    batch, wait = next(run.batches)
             with goodput.phase("train"):  # a new batch shape's compile is booked to "compile"
-                state, metrics = step_for(batch)(state, batch, frozen_for(batch))
+                run.state, metrics = run.steps(run.state, batch)
                 streak = streaks.push(metrics["nonfinite_streak"])
             done = step + 1
             if watchdog is not None:
                 watchdog.heartbeat(done)
-            if streak is not None and streak >= max_nonfinite:
-                aborted_streak = streak
+            if streak is not None and streak >= int(config.optim.max_nonfinite_steps):
+                outcome.aborted_streak = streak
                 break
-            timer.step_done(data_wait=wait, flops=step_flops(batch))
-            if done == profile_stop:
-                jax.block_until_ready(state)
+            timer.step_done(data_wait=wait, flops=run.steps.flops(batch))
+            if schedule.profile_stops(done):
+                jax.block_until_ready(run.state)
                 jax.profiler.stop_trace()
-            if done % config.log_every == 0 or done == config.total_steps:
-                with goodput.phase("train"):  # waits for the step's device work
-                    device_metrics = jax.device_get(metrics)
-                row = dict(device_metrics, **timer.summary(num_devices=mesh.size, peak_tflops=peak))
-                row.update(goodput_row(goodput))
-                writer.write(done, row)
-                progress.set_postfix(loss=f"{row['loss']:.4f}", skipped=int(row["skipped_steps"]))
-                if is_lead and config.console_metrics:
-                    progress.write(metrics_lib.format_row(done, row))
-                    progress.write(f"step {done}: {goodput.summary_line()}")
+            if schedule.log(done):
+                _log(run, done, metrics, timer=timer, goodput=goodput, progress=progress, peak=peak)
             preempted = watcher.should_stop(done)
-            if preempted or done % config.checkpoint_every == 0 or done == config.total_steps:
+            if schedule.checkpoint(done, preempted=preempted):
                 with goodput.phase("checkpoint"):
-                    if all_skipped_since(state, last_saved, first_step, done):
-                        if is_lead:   # the same weights as the last save: rotating good steps away gains nothing
-                            progress.write(f"step {done}: not saved, every update since step "
-                                           f"{last_saved if last_saved is not None else first_step} was skipped "
-                                           f"(non-finite)")
-                    else:
-                        ckpt.save(manager, done, state=state, data_iter=batches, config=config)
-                        last_saved = done
+                    _save(run, done, outcome, progress=progress)
             if preempted:
-                if is_lead:
-                    newest = f"step {last_saved}" if last_saved is not None else "none"
-                    print(f"preempted: saved step {done}, exiting" if last_saved == done else
-                          f"preempted: exiting; the newest checkpoint is {newest} (the steps since were skipped)")
+                newest = f"step {outcome.last_saved}" if outcome.last_saved is not None else "none"
+                _say(run, f"preempted: saved step {done}, exiting" if outcome.last_saved == done else
+                     f"preempted: exiting; the newest checkpoint is {newest} (the steps since were skipped)")
                 break
-            if sample_every and done % sample_every == 0:  # after the save: a failing validation loses no steps
-                from stiv_jax.eval import validation
+            if schedule.validate(done):   # after the save: a failing validation loses no steps
                 with goodput.phase("eval"), pause():
-                    validation.run_validation(config=config, workdir=workdir, step=done, params=state.ema_params,
-                                              bundle=bundle, mesh=mesh, rules=rules, writer=writer)
+                    run.validate(done)
+    return outcome
+
+
+def _say(run: _Run, line: str) -> None:
+    if run.is_lead:
+        print(line)
+
+
+def _log(run: _Run, done: int, metrics, *, timer, goodput, progress, peak) -> None:
+    """One metrics row (device metrics, step time / MFU, goodput) to metrics.jsonl and TensorBoard."""
+    with goodput.phase("train"):  # waits for the step's device work
+        device_metrics = jax.device_get(metrics)
+    row = dict(device_metrics, **timer.summary(num_devices=run.mesh.size, peak_tflops=peak))
+    row.update(goodput_row(goodput))
+    run.writer.write(done, row)
+    progress.set_postfix(loss=f"{row['loss']:.4f}", skipped=int(row["skipped_steps"]))
+    if run.is_lead and run.config.console_metrics:
+        progress.write(metrics_lib.format_row(done, row))
+        progress.write(f"step {done}: {goodput.summary_line()}")
+
+
+def _save(run: _Run, done: int, outcome: _Outcome, *, progress) -> None:
+    """Saves step ``done``, unless every update since the last save was skipped (the same weights: rotating good
+    steps away would gain nothing)."""
+    if all_skipped_since(run.state, outcome.last_saved, outcome.first_step, done):
+        since = outcome.last_saved if outcome.last_saved is not None else outcome.first_step
+        if run.is_lead:
+            progress.write(f"step {done}: not saved, every update since step {since} was skipped (non-finite)")
+        return
+    ckpt.save(run.manager, done, state=run.state, data_iter=run.batches, config=run.config)
+    outcome.last_saved = done
+
+
+def _finish(run: _Run, outcome: _Outcome, *, watchdog, goodput, closers) -> state_lib.TrainState:
+    """Waits for the last save, closes the run's files, writes goodput.json and loss.png; raises
+    :class:`NonFiniteLossError` when a non-finite streak stopped the run."""
+    pause = watchdog.paused if watchdog is not None else contextlib.nullcontext
     with goodput.phase("checkpoint"), pause():  # the last asynchronous save may take long on a big state
-        manager.wait_until_finished()
-    manager.close()
-    if is_lead:
+        run.manager.wait_until_finished()
+    closers.close()   # manager, prefetcher, metric writer, validator
+    if run.is_lead:
         print(f"{goodput.summary_line()} (whole run)", flush=True)
-        with open(os.path.join(workdir, "goodput.json"), "w") as f:
-            json.dump(dict(goodput.summary(), steps=[first_step, int(state.step)]), f, indent=1)
-    writer.close()
-    on_failure.clear()   # closed already
-    if aborted_streak:
+        with open(os.path.join(run.workdir, "goodput.json"), "w") as f:
+            json.dump(dict(goodput.summary(), steps=[outcome.first_step, int(run.state.step)]), f, indent=1)
+    if outcome.aborted_streak:
         raise NonFiniteLossError(
-            f"{aborted_streak} consecutive steps had a NaN/Inf loss, gradient or update (updates skipped; last "
-            f"checkpoint: "
-            f"step {last_saved}). Lower config.optim.lr, check the data, or raise config.optim.max_nonfinite_steps")
-    if is_lead and os.path.exists(writer.path):
-        metrics_lib.plot_loss(writer.path, os.path.join(workdir, "loss.png"))
-    return state
+            f"{outcome.aborted_streak} consecutive steps had a NaN/Inf loss, gradient or update (updates skipped; "
+            f"last checkpoint: step {outcome.last_saved}). Lower config.optim.lr, check the data, or raise "
+            f"config.optim.max_nonfinite_steps")
+    if run.is_lead and os.path.exists(run.writer.path):
+        metrics_lib.plot_loss(run.writer.path, os.path.join(run.workdir, "loss.png"))
+    return run.state
 
 
 def all_skipped_since(state, last_saved: int | None, first_step: int, done: int) -> bool:

@@ -1,12 +1,12 @@
 """In-training validation: sample fixed prompts (T2V) and held-out first frames (TI2V), write a video grid to
 TensorBoard and the workdir, and compute FVD against held-out real clips when configured.
 
-Runs every ``config.sample_every`` optimizer steps (0 or absent: never); the other settings live in
-``config.eval.validation`` (see :func:`default_validation_config`). The train loop calls
-``run_validation(config=..., workdir=..., step=..., params=state.ema_params, bundle=..., mesh=..., rules=...,
-writer=...)`` when ``step % config.sample_every == 0`` (after that step's checkpoint), and
-:func:`check_settings` at start-up; ``params`` may be sharded over ``mesh``. Samples come from one
-:class:`~stiv_jax.eval.generation.EvalSampler` per run, so validations after the first compile nothing.
+Runs every ``config.sample_every`` optimizer steps (0: never); the other settings live in
+``config.eval.validation`` (see :func:`default_validation_config`). The trainer checks the settings at start-up
+(:func:`check_settings`), builds the run's validator at the first due step (``for_run(config, workdir, bundle,
+mesh=..., rules=..., writer=...)``, which loads the held-out clips), calls ``validator.run(step, state.ema_params)``
+when a step is due (after that step's checkpoint) and closes it with the run; ``params`` may be sharded over ``mesh``. Samples come from one
+:class:`~stiv_jax.eval.generation.EvalSampler` per validator, so validations after the first compile nothing.
 
 Outputs of step ``s``: ``workdir/validation/step_{s:08d}_{t2v,ti2v}.mp4`` and ``.gif`` (a grid, one cell per
 sample), ``_frames.png`` (a row of frames per sample), the GIF as an animated image summary
@@ -121,7 +121,6 @@ class Validator:
 
     def __init__(self, run_config, workdir: str, sample_fn: SampleFn, *, metric_writer=None, mesh=None):
         self.config = validation_config(run_config)
-        self.every_steps = int(run_config.sample_every or 0)
         self.mesh = mesh
         self.fps = run_config.sample.fps
         self.workdir = workdir
@@ -149,12 +148,6 @@ class Validator:
             raise ValueError(f"config.eval.validation.heldout={c.heldout!r} gave {len(heldout)} clips of {frames} "
                              f"frames; fvd_clips={c.fvd_clips} needs that many (and at least 2)")
         return heldout
-
-    def due(self, step: int) -> bool:
-        return self.every_steps > 0 and step % self.every_steps == 0
-
-    def maybe_run(self, step: int, params) -> dict | None:
-        return self.run(step, params) if self.due(step) else None
 
     def run(self, step: int, params) -> dict:
         """Samples, writes grids, computes FVD if configured; returns ``{'validation/fvd': ...}`` (maybe empty)."""
@@ -255,18 +248,11 @@ def fit_frame(image_hwc: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(crop.resize((tw, th), Image.BICUBIC))
 
 
-_VALIDATORS: dict[str, Validator] = {}
-
-
-def run_validation(*, config, workdir: str, step: int, params, bundle, mesh=None, rules=None, writer=None) -> dict:
-    """Validates ``params`` at ``step`` (the caller decides when); the run's :class:`Validator` is built on the
-    first call and kept for the process. Returns the metrics written (``validation/fvd`` when configured)."""
-    validator = _VALIDATORS.get(workdir)
-    if validator is None:
-        sample_fn = make_sample_fn(config, bundle, mesh=mesh, rules=rules)
-        validator = Validator(config, workdir, sample_fn, metric_writer=writer, mesh=mesh)
-        _VALIDATORS[workdir] = validator
-    return validator.run(step, params)
+def for_run(run_config, workdir: str, bundle, *, mesh=None, rules=None, writer=None) -> Validator:
+    """The :class:`Validator` of a training run: its sampler on the training mesh (``mesh``/``rules``), its metrics
+    to ``writer`` (a ``MetricWriter``; None: returned only). The caller owns it and calls ``close``."""
+    return Validator(run_config, workdir, make_sample_fn(run_config, bundle, mesh=mesh, rules=rules),
+                     metric_writer=writer, mesh=mesh)
 
 
 def make_sample_fn(run_config, bundle, *, mesh=None, rules=None) -> SampleFn:

@@ -17,12 +17,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import re
-from typing import Any, Mapping
+from typing import Mapping
 
 import jax.numpy as jnp
 import numpy as np
 
-from stiv_jax.checkpointing.exports import flatten, unflatten  # noqa: F401  (the '/'-path tree format)
 
 NEW = "new"
 # Parameters that change shape with the temporal patch, and how: "inflate" divides the copies by k (input side),

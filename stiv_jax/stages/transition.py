@@ -24,6 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
+from stiv_jax.checkpointing import exports
 from stiv_jax.checkpointing import integrity
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.stages import surgery
@@ -210,7 +211,7 @@ def initialize_from_sources(config, state, *, log: Callable[[str], None] = print
     if not init.sources:
         return state
     sources = {name: open_source(name, workdir, use_ema=init.use_ema) for name, workdir in init.sources.items()}
-    target = surgery.flatten(state.params)
+    target = exports.flatten(state.params)
     plan = surgery.plan_transition(
         {path: tuple(v.shape) for path, v in target.items()}, {n: s.shapes for n, s in sources.items()},
         init.assign, inflate_patch_embed=init.inflate_patch_embed,
@@ -226,7 +227,7 @@ def initialize_from_sources(config, state, *, log: Callable[[str], None] = print
         for path, p in needed.items():
             value = surgery.reshape_for_target(p, restored[path]).astype(target[path].dtype)
             new_flat[path] = jax.device_put(value, target[path].sharding)
-    params = surgery.unflatten(new_flat)
+    params = exports.unflatten(new_flat)
     log(plan.report(f"stage transition into {config.stage or '?'}") + ("\n" + "\n".join(rope_lines)
                                                                           if rope_lines else ""))
     return state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))

@@ -359,3 +359,16 @@ def test_fingerprints_of_states_saved_before_every_config_held_every_key_still_m
     assert pipeline.fingerprint(stage, 0, unset_at_default=True) == "c50c0472487566f7"
     stage.num_workers = 2   # not at the base's value: described as set, so a state saved without it differs
     assert pipeline.fingerprint(stage, 0, unset_at_default=True) != "c50c0472487566f7"
+
+
+def test_batches_have_the_schema_the_fit_check_compiles_for(demo_shards):
+    """``stiv_jax.training.compiled.batch_specs`` (what ``stiv_jax.compile`` lowers the step for, without data)
+    names every array the pipeline emits, with its shape and dtype."""
+    from stiv_jax.data.buckets import video_buckets
+    from stiv_jax.training.compiled import batch_specs
+    config = demo_config(demo_shards)
+    batch = next(pipeline.make_iterator(config.data, seed=0,
+                                        tokenize=lambda texts: tokenize_bytes(texts, config.text.max_length)))
+    specs = batch_specs(config, video_buckets(config.data)[0])
+    assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == \
+        {k: (v.shape, np.dtype(v.dtype)) for k, v in specs.items()}

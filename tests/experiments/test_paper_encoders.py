@@ -123,7 +123,8 @@ def test_fit_check_of_precomputed_latent_batches_holds_no_encoder(tmp_path):
     config.data.resolution, config.data.frames, config.data.batch_size = 32, 4, 8
     config.data.kind = "latent"
     config.model.attention_impl, config.model.dtype = "xla", "float32"
-    specs = compile_lib.batch_specs(config, video_buckets(config.data)[0], latent_shape=(4, 4, 4, 8))
+    from stiv_jax.training.compiled import batch_specs
+    specs = batch_specs(config, video_buckets(config.data)[0], latent_shape=(4, 4, 4, 8))
     assert specs["latents"].shape == (8, 4, 4, 4, 8) and specs["text_embeddings"].shape == (8, 16, 32)
     assert "video" not in specs and "text_ids" not in specs
     results = compile_lib.fit_check(config, compile_lib.parse_topology("cpu-8", hbm_gib=16), log=lambda *_: None)

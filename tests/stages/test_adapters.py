@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT
+from stiv_jax.checkpointing import exports
 from stiv_jax import adapters
-from stiv_jax import export as export_lib
 from stiv_jax.sampling.run import load_params
-from stiv_jax.stages import surgery
 from stiv_jax.model.bundle import build_model_bundle
 from test_transitions import local_config, perturbed, save_stage, velocity
 from numerics import assert_close
@@ -37,9 +36,9 @@ def lora_run(tmp_path_factory):
     from test_transitions import fresh_state
     bundle, state = fresh_state(config)
     state = transition.initialize_from_sources(config, state, log=lambda _: None)
-    flat = surgery.flatten(state.params)
+    flat = exports.flatten(state.params)
     moved = perturbed({k: v for k, v in flat.items() if adapters.is_adapter(k)}, seed=9)
-    params = surgery.unflatten({**flat, **surgery.flatten(moved)})
+    params = exports.unflatten({**flat, **exports.flatten(moved)})
     state = state.replace(params=params, ema_params=params)
     from stiv_jax.checkpointing import manager as ckpt
     manager = ckpt.make_manager(str(sft_dir), async_save=False)
@@ -64,7 +63,7 @@ def test_adapter_export_applies_to_its_base_and_is_refused_on_another(tmp_path, 
     assert np.abs(want - velocity(build_model_bundle(local_config("t2v_256")),
                                   jax.device_get(base_state.ema_params), latents)).max() > 1e-3  # adapters matter
     # Another base (the raw instead of the EMA weights) is refused, naming the fingerprints.
-    with pytest.raises(adapters.AdapterMismatchError, match="fingerprint"):
+    with pytest.raises(exports.AdapterMismatchError, match="fingerprint"):
         load_params(str(base_dir), use_ema=False, adapter=str(out))
 
 
@@ -73,9 +72,9 @@ def test_merged_export_equals_base_plus_adapter(tmp_path, lora_run):
     out = tmp_path / "merged"
     proc = _run("stiv_jax.export", f"--workdir={sft_dir}", f"--out={out}", "--merge_lora")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    merged_config, merged = export_lib.load_exported(str(out))
+    merged_config, merged = exports.load_exported(str(out))
     assert merged_config.finetune.lora.rank == 0
-    assert not any(adapters.is_adapter(k) for k in surgery.flatten(merged))
+    assert not any(adapters.is_adapter(k) for k in exports.flatten(merged))
     merged_bundle = build_model_bundle(merged_config)
     latents = jax.random.normal(jax.random.key(1), (2,) + bundle.latent_shape)
     # W + (alpha / r) A B folded once vs applied as two matmuls in every layer: rounding of each kernel's scale.

@@ -11,8 +11,8 @@ import pytest
 from safetensors import safe_open
 
 from conftest import REPO_ROOT
+from stiv_jax.checkpointing import exports
 from stiv_jax import export as export_lib
-from stiv_jax.stages import surgery
 from stiv_jax.model.bundle import build_model_bundle
 from test_transitions import local_config, save_stage, velocity
 
@@ -32,9 +32,9 @@ def test_exported_velocity_equals_the_checkpoint_ema_velocity(tmp_path, t2v_stag
     env = dict(os.environ, XLA_FLAGS="", JAX_PLATFORMS="cpu")
     subprocess.run([sys.executable, "-m", "stiv_jax.export", f"--workdir={run}", f"--out={out}"],
                    check=True, cwd=REPO_ROOT, env=env)
-    assert export_lib.is_export(str(out)) and not export_lib.is_export(str(run))
+    assert exports.is_export(str(out)) and not exports.is_export(str(run))
     assert all(os.stat(p).st_mode & 0o044 == 0o044 for p in out.iterdir())   # readable by group and others
-    loaded_config, params = export_lib.load_exported(str(out))
+    loaded_config, params = exports.load_exported(str(out))
     assert loaded_config.to_dict() == json.loads(json.dumps(config.to_dict()))
     latents = jax.random.normal(jax.random.key(0), (2,) + bundle.latent_shape)
     want = velocity(bundle, jax.device_get(state.ema_params), latents)
@@ -42,7 +42,7 @@ def test_exported_velocity_equals_the_checkpoint_ema_velocity(tmp_path, t2v_stag
     np.testing.assert_array_equal(got, want)
     assert np.abs(want).mean() > 1e-2
     # A plain numpy safetensors reader sees every EMA tensor under its path; the card and config are written.
-    flat = surgery.flatten(jax.device_get(state.ema_params))
+    flat = exports.flatten(jax.device_get(state.ema_params))
     with safe_open(str(out / "model.safetensors"), framework="numpy") as f:
         assert set(f.keys()) == set(flat)
         np.testing.assert_array_equal(f.get_tensor("dit/patch_embed/proj/kernel"), flat["dit/patch_embed/proj/kernel"])
@@ -55,8 +55,8 @@ def test_bf16_export_is_sharded_with_an_index_and_close_to_fp32(tmp_path, t2v_st
     summary = export_lib.export(str(run), str(tmp_path / "bf16"), dtype="bf16", max_shard_bytes=50_000)
     assert len(summary["files"]) > 1
     index = json.loads((tmp_path / "bf16" / export_lib.INDEX).read_text())
-    assert set(index["weight_map"]) == set(surgery.flatten(jax.device_get(state.ema_params)))
-    _, params = export_lib.load_exported(str(tmp_path / "bf16"))
+    assert set(index["weight_map"]) == set(exports.flatten(jax.device_get(state.ema_params)))
+    _, params = exports.load_exported(str(tmp_path / "bf16"))
     assert all(v.dtype == jnp.bfloat16 for v in jax.tree.leaves(params))
     latents = jax.random.normal(jax.random.key(1), (2,) + bundle.latent_shape)
     want = velocity(bundle, jax.device_get(state.ema_params), latents)

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from experiments import common
+from stiv_jax.checkpointing import exports
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.model.sizes import size_fields
 from stiv_jax.parallel import mesh as mesh_lib
@@ -38,9 +39,9 @@ def fresh_state(config):
 
 def perturbed(params, seed):
     """Random weights everywhere, so zero-initialised gates and projections are live."""
-    flat = surgery.flatten(params)
+    flat = exports.flatten(params)
     keys = jax.random.split(jax.random.key(seed), len(flat))
-    return surgery.unflatten({path: value + 0.2 * jax.random.normal(key, value.shape, value.dtype)
+    return exports.unflatten({path: value + 0.2 * jax.random.normal(key, value.shape, value.dtype)
                               for key, (path, value) in zip(keys, sorted(flat.items()))})
 
 
@@ -119,9 +120,9 @@ def test_high_res_t2v_takes_spatial_from_t2i_512_and_temporal_from_t2v_256(tmp_p
     reports = []
     state = transition.initialize_from_sources(config, state, log=reports.append)
 
-    got = surgery.flatten(jax.device_get(state.params))
-    from_t2i = surgery.flatten(jax.device_get(t2i.ema_params))
-    from_t2v = surgery.flatten(jax.device_get(t2v.ema_params))
+    got = exports.flatten(jax.device_get(state.params))
+    from_t2i = exports.flatten(jax.device_get(t2i.ema_params))
+    from_t2v = exports.flatten(jax.device_get(t2v.ema_params))
     counts = {"t2i": 0, "t2v": 0, "inflated": 0}
     for path, value in got.items():
         if re.search(common.TEMPORAL, path):   # temporal SA and its gate
@@ -185,7 +186,7 @@ def _t2v_after_temporal_steps(t2i_dir, *, gate: bool, steps: int = 3):
     config.init.sources.t2i = str(t2i_dir)
     bundle, state = fresh_state(config)
     params = transition.initialize_from_sources(config, state, log=lambda _: None).params
-    temporal = {path for path in surgery.flatten(params) if re.search(common.TEMPORAL, path)}
+    temporal = {path for path in exports.flatten(params) if re.search(common.TEMPORAL, path)}
     assert temporal, "no temporal parameters"
     res, frames = config.data.resolution, config.data.frames
     rng = np.random.default_rng(0)
@@ -197,8 +198,8 @@ def _t2v_after_temporal_steps(t2i_dir, *, gate: bool, steps: int = 3):
     tx = optax.adam(1e-4)
     opt_state = tx.init(params)
     for i in range(steps):
-        grads = surgery.flatten(grad_fn(params, batch, jax.random.key(i)))
-        grads = surgery.unflatten({p: g if p in temporal else jnp.zeros_like(g) for p, g in grads.items()})
+        grads = exports.flatten(grad_fn(params, batch, jax.random.key(i)))
+        grads = exports.unflatten({p: g if p in temporal else jnp.zeros_like(g) for p, g in grads.items()})
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
     return bundle, params

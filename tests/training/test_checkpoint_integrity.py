@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from stiv_jax.checkpointing import exports
 from stiv_jax.checkpointing import integrity
 from stiv_jax.checkpointing import manager as ckpt
 from stiv_jax.model.bundle import ModelBundle
@@ -146,7 +147,7 @@ def test_reexport_over_a_sharded_export_serves_only_the_new_weights_and_is_byte_
     single = export_lib.export(trained, out, step=2)
     assert sorted(os.listdir(out)) == ["README.md", "config.json", "model.safetensors"]
     assert not [n for n in os.listdir(tmp_path) if ".staging-" in n or ".old-" in n]
-    config, params = export_lib.load_exported(out)
+    config, params = exports.load_exported(out)
     ema = ckpt.load_params_from_checkpoint(trained, step=2)
     np.testing.assert_array_equal(params["dit"]["final_proj"]["kernel"], ema["dit"]["final_proj"]["kernel"])
     assert single["step"] == 2
@@ -159,7 +160,7 @@ def test_reexport_over_a_sharded_export_serves_only_the_new_weights_and_is_byte_
     export_lib.export(trained, out, step=4)
     shutil.copy(str(tmp_path / "step2.safetensors"), os.path.join(out, "model.safetensors"))
     with pytest.raises(ValueError, match="holds step 2 but .*config.json describes step 4"):
-        export_lib.load_exported(out)
+        exports.load_exported(out)
 
 
 def test_export_and_stage_init_refuse_a_missing_workdir_without_creating_it(tmp_path):
@@ -222,7 +223,7 @@ def test_an_export_with_damaged_weight_bytes_is_refused_by_the_loader(trained, t
     weights = os.path.join(out, "model.safetensors")
     _overwrite(weights, offset=os.path.getsize(weights) - 64)
     with pytest.raises(ValueError, match=r"model.safetensors is damaged: its SHA-256 differs"):
-        export_lib.load_exported(out)
+        exports.load_exported(out)
     with pytest.raises(ckpt.CheckpointDamagedError, match="file missing"):   # params-only loading verifies too
         damaged = _copy(trained, tmp_path)
         os.remove(_data_files(damaged, 4)[0])

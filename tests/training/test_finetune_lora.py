@@ -6,8 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from trainer_testlib import build_run, mesh_for, synthetic_batch, tiny_config
+from trainer_testlib import build_run, synthetic_batch, tiny_config
 
+from stiv_jax.checkpointing import exports
 from stiv_jax.training import finetune
 from numerics import assert_close
 
@@ -31,7 +32,6 @@ def velocity(bundle, params, seed=0, *, jit=True):
 
 
 def test_lora_at_init_gives_exactly_the_base_output():
-    from stiv_jax.stages import surgery
     from stiv_jax.model.bundle import build_model_bundle
     import flax.linen as nn
     base_config = tiny_config()
@@ -49,14 +49,14 @@ def test_lora_at_init_gives_exactly_the_base_output():
     # Every attention and FFN projection of every block is adapted; nothing else is.
     assert {k.rsplit("/", 2)[0] for k in adapters} == {k.rsplit("/", 2)[0] for k in base_flat
                                                        if "_attn/" in k or "/ffn/" in k}
-    merged = surgery.unflatten({**lora_params, **base_flat})
+    merged = exports.unflatten({**lora_params, **base_flat})
     # Op by op, B = 0 adds exact zeros: bit-identical to the base. Compiled, XLA fuses the two programs
     # differently, which reorders float sums (a few ulp).
     np.testing.assert_array_equal(velocity(lora_bundle, merged, jit=False), velocity(base, base_params, jit=False))
     want = velocity(base, base_params)
     assert_close(velocity(lora_bundle, merged), want, ulps=256)   # a whole DiT fused another way
     moved = {k: (v + 0.05 if k.endswith("lora_b") else v) for k, v in flat(merged).items()}
-    assert np.abs(velocity(lora_bundle, surgery.unflatten(moved)) - want).max() > 1e-4
+    assert np.abs(velocity(lora_bundle, exports.unflatten(moved)) - want).max() > 1e-4
 
 
 def _train(config, steps=3):

@@ -63,7 +63,7 @@ def build_run(config, devices=None):
     from stiv_jax.training import state as state_lib
     from stiv_jax.model.bundle import build_model_bundle
     from stiv_jax.training.optimizer import build_optimizer
-    from stiv_jax.train import compile_train_step
+    from stiv_jax.training.compiled import compile_train_step
     from stiv_jax.parallel import mesh as mesh_lib
     mesh, rules = mesh_for(config, devices)
     bundle = build_model_bundle(config)
