@@ -14,13 +14,14 @@ model is not damaged: that is an error naming the parameters (``CheckpointMismat
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from stiv_jax.checkpointing import exports
 from stiv_jax.checkpointing import integrity
 
 ITEMS = ("state", "data_iter", "config")
@@ -272,8 +273,12 @@ def _state_item_dir(workdir_or_path: str, step: int | None) -> tuple[str, int]:
 
 
 def load_params_from_checkpoint(workdir_or_path: str, step: int | None = None, use_ema: bool = True, *,
-                                target: Any = None) -> Any:
-    """Loads only the parameters (EMA or raw) of another run's checkpoint; the optimizer state is never read.
+                                target: Any = None, wanted: Mapping[str, Any] | None = None,
+                                verify: bool = True) -> Any:
+    """Loads only the parameters (EMA or raw) of a checkpoint; the optimizer state is never read.
+
+    The one reader of parameters out of a train-state checkpoint: sampling (``load_newest_intact_params``), the
+    stage transition and export (``stages.transition.restore_params``) and the tests read through it.
 
     Args:
       workdir_or_path: a run directory, its ``checkpoints/`` directory, or one ``checkpoints/<step>`` directory.
@@ -282,16 +287,26 @@ def load_params_from_checkpoint(workdir_or_path: str, step: int | None = None, u
       target: optional tree of ``jax.ShapeDtypeStruct`` with ``sharding`` (e.g. from
         ``state_shardings(...)[0].params`` + ``abstract_with_shardings``) to restore directly onto a mesh;
         it may cover a subset of the saved parameters. Without it, the full tree comes back as numpy on the host.
+      wanted: instead of ``target``, ``{'dit/block_0/...': sharding}``: only these parameters are read, each
+        placed with its sharding (shapes and dtypes from the checkpoint's metadata).
+      verify: check the step's integrity manifest first (False when the caller has just verified it).
 
     Returns:
       The ``{'dit': ..., 'text': ...}`` parameter tree.
     """
     item_dir, step = _state_item_dir(workdir_or_path, step)
-    problem = integrity.verify(os.path.dirname(item_dir))
+    problem = integrity.verify(os.path.dirname(item_dir)) if verify else None
     if problem not in (None, integrity.MISSING):
         raise CheckpointDamagedError(f"checkpoint step {step} is damaged: {problem}")
     key = "ema_params" if use_ema else "params"
     checkpointer = ocp.PyTreeCheckpointer()
+    if wanted is not None:
+        saved = exports.flatten(checkpointer.metadata(item_dir).item_metadata.tree.get(key) or {})
+        missing = sorted(set(wanted) - set(saved))
+        if missing:
+            raise CheckpointMismatchError(f"{item_dir} holds no {key} {', '.join(missing[:4])}")
+        target = exports.unflatten({path: jax.ShapeDtypeStruct(saved[path].shape, saved[path].dtype, sharding=sharding)
+                                    for path, sharding in wanted.items()})
     if target is None:
         metadata = checkpointer.metadata(item_dir).item_metadata.tree
         if key not in metadata:

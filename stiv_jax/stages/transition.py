@@ -114,36 +114,15 @@ def restore_params(source: SourceCheckpoint, wanted: dict[str, jax.sharding.Shar
 
     Raises ``CheckpointDamagedError`` naming the step when a read fails or a restored parameter is not finite.
     """
-    manager = _state_manager(source.workdir)
-    metadata = manager.item_metadata(source.step)["state"]
-    tree = metadata.tree if hasattr(metadata, "tree") else metadata
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    prefix = source.subtree + "/"
-    items, args = [], []
-    for key_path, leaf in leaves:
-        path = ckpt.path_str(key_path)
-        sharding = wanted.get(path[len(prefix):]) if path.startswith(prefix) else None
-        if sharding is None:
-            items.append(ocp.PLACEHOLDER)
-            args.append(ocp.PLACEHOLDER)
-        else:
-            items.append(jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding))
-            args.append(ocp.ArrayRestoreArgs(sharding=sharding))
-    try:
-        restored = manager.restore(source.step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=jax.tree_util.tree_unflatten(treedef, items),
-            restore_args=jax.tree_util.tree_unflatten(treedef, args))))
+    try:   # the step was verified when the source was opened (open_source)
+        out = exports.flatten(ckpt.load_params_from_checkpoint(
+            source.workdir, source.step, use_ema=source.subtree == "ema_params", wanted=wanted, verify=False))
+    except (ckpt.CheckpointDamagedError, ckpt.CheckpointMismatchError):
+        raise
     except Exception as err:  # noqa: BLE001  (the metadata matched: a failing read is a damaged file)
         raise ckpt.CheckpointDamagedError(f"checkpoint step {source.step} of {source.workdir} is damaged: reading "
                                           f"it failed with {type(err).__name__}: {str(err).splitlines()[0][:300]}"
                                           ) from err
-    finally:
-        manager.close()
-    out = {}
-    for key_path, value in jax.tree_util.tree_flatten_with_path(restored["state"])[0]:
-        path = ckpt.path_str(key_path)
-        if path.startswith(prefix) and path[len(prefix):] in wanted:
-            out[path[len(prefix):]] = value
     bad = ckpt.nonfinite_leaves(out)
     if bad:
         raise ckpt.CheckpointDamagedError(f"checkpoint step {source.step} of {source.workdir} is damaged: non-finite "

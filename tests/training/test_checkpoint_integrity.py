@@ -151,6 +151,13 @@ def test_reexport_over_a_sharded_export_serves_only_the_new_weights_and_is_byte_
     ema = ckpt.load_params_from_checkpoint(trained, step=2)
     np.testing.assert_array_equal(params["dit"]["final_proj"]["kernel"], ema["dit"]["final_proj"]["kernel"])
     assert single["step"] == 2
+    # The one reader's partial restore (what stage init and export use): only the wanted parameters, placed.
+    host = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    part = ckpt.load_params_from_checkpoint(trained, step=2, wanted={"dit/final_proj/kernel": host})
+    assert exports.flatten(part).keys() == {"dit/final_proj/kernel"}
+    np.testing.assert_array_equal(part["dit"]["final_proj"]["kernel"], ema["dit"]["final_proj"]["kernel"])
+    with pytest.raises(ckpt.CheckpointMismatchError, match="dit/final_proj/nope"):
+        ckpt.load_params_from_checkpoint(trained, step=2, wanted={"dit/final_proj/nope": host})
     again = str(tmp_path / "again")
     export_lib.export(trained, again, step=2)
     for name in os.listdir(out):
