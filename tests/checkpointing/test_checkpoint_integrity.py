@@ -6,17 +6,20 @@ import json
 import os
 import shutil
 import signal
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stiv_jax.checkpointing import exports
-from stiv_jax.checkpointing import integrity
-from stiv_jax.checkpointing import manager as ckpt
-from stiv_jax.model.bundle import ModelBundle
-from trainer_testlib import synthetic_iterator_factory, tiny_config
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "training"))
+
+from stiv_jax.checkpointing import exports  # noqa: E402
+from stiv_jax.checkpointing import integrity  # noqa: E402
+from stiv_jax.checkpointing import manager as ckpt  # noqa: E402
+from stiv_jax.model.bundle import ModelBundle  # noqa: E402
+from trainer_testlib import synthetic_iterator_factory, tiny_config  # noqa: E402
 
 
 def _config(**overrides):
