@@ -229,7 +229,7 @@ def interpolation(args, source: float, target: float) -> float:
     return 1.0 if args.runlocal else source / target
 
 
-# --- supervised fine-tuning (SFT) of a finished stage on a small captioned set (STIV_SPEC §5.2, Tab. 4) ---
+# --- supervised fine-tuning (SFT) of a finished stage on a small captioned set (STIV paper, Sec. 5.2, Tab. 4) ---
 # The paper fine-tunes its pretrained T2V-M-512 on 20k filtered Panda-70M videos, masked ("SFT") or on all tokens
 # ("UnmaskSFT"); steps, batch and LR are not stated. Every choice below is ours and commented.
 SFT_DEFAULTS = dict(STAGE_DEFAULTS, finetune="lora", base="", data="", rank=64)

@@ -106,8 +106,8 @@ def build_mesh(mesh_config, devices: Sequence[jax.Device] | None = None, *, gran
     for multi-host GPUs with ``dcn_granule='process'``, or the named ``preset``).
 
     Axes are ``Auto`` (GSPMD-style propagation from our annotations); jax 0.10 defaults to Explicit axes,
-    which annotated models do not support (see ENV_NOTES). ``granule_of`` overrides how a device's process is
-    read (tests split one process's fake devices into hosts).
+    which the models' logical-axis annotations (``with_logical_constraint``) do not support. ``granule_of``
+    overrides how a device's process is read (tests split one process's fake devices into hosts).
     """
     devices = list(devices if devices is not None else jax.devices())
     mesh_config = with_preset(mesh_config)

@@ -49,12 +49,12 @@ def test_training_without_the_files_is_refused_with_one_error_naming_every_key_a
 
 def test_abstract_bundle_has_the_paper_encoders_shapes_without_any_file():
     bundle = build_model_bundle(load("t2v_256", "size=XL"), abstract=True)
-    assert bundle.latent_shape == (20, 32, 32, 8)        # 256 px / 8, 8 channels (STIV_SPEC 2.1 grid table)
+    assert bundle.latent_shape == (20, 32, 32, 8)        # 256 px / 8, 8 channels (the paper's latent grid)
     assert bundle.dit.config.latent_channels == 8 and bundle.dit.config.text_dim == 1280
     assert (bundle.text_length, bundle.text_encoder.dim) == (77, 1280)
     clip = bundle.text_encoder.pretrained_params
     tower = bundle.text_encoder.module.config
-    assert (tower.num_hidden_layers, tower.num_attention_heads, tower.hidden_size) == (32, 20, 1280)   # STIV_SPEC 2.3
+    assert (tower.num_hidden_layers, tower.num_attention_heads, tower.hidden_size) == (32, 20, 1280)   # paper's encoder
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(clip))
     # Hand count of CLIP-bigG's text tower: 49408 x 1280 token + 77 x 1280 position embeddings; per layer two
     # LayerNorms (2 x 2 x 1280), q/k/v/o (4 x (1280^2 + 1280)), MLP 1280 -> 5120 -> 1280 with biases; final
