@@ -82,8 +82,8 @@ def train(config, workdir: str) -> state_lib.TrainState:
     compile_cache.enable(config, workdir=workdir)   # a restart loads the compiled step instead of compiling
     watchdog, goodput = start_health(config)
     try:
-        # What set-up opens (checkpoint manager, metric writer, validator) is closed on the way out, also on an
-        # error (an in-flight save then completes before the error propagates).
+        # What set-up opens (checkpoint manager, device prefetcher, metric writer, validator) is closed on the way
+        # out, also on an error (an in-flight save then completes before the error propagates).
         with contextlib.ExitStack() as closers:
             run = _set_up(config, workdir, goodput=goodput, closers=closers)
             return _finish(run, _loop(run, watchdog=watchdog, goodput=goodput, watcher=watcher),
@@ -136,7 +136,7 @@ class _Run:
 
 
 def _set_up(config, workdir: str, *, goodput, closers: contextlib.ExitStack) -> _Run:
-    """Mesh, model bundle, data, restored (or initialised) state, compiled first step, writers."""
+    """Mesh, model bundle, data, restored (or initialised) state, the step cache (compiled by the loop), writers."""
     check_learning_rate(config)
     os.makedirs(workdir, exist_ok=True)
     mesh, rules = mesh_lib.build_mesh(config.mesh), mesh_lib.logical_rules(config.mesh)
@@ -150,8 +150,10 @@ def _set_up(config, workdir: str, *, goodput, closers: contextlib.ExitStack) -> 
         validation.check_settings(config)  # a typo in config.eval.validation fails now, not at the first validation
     data_iter = make_iterator(config.data, seed=config.seed, tokenize=bundle.tokenize,
                               process_index=jax.process_index(), process_count=jax.process_count())
-    state, shardings, manager, fraction = _restore_or_init(config, workdir, bundle, tx, mesh=mesh, rules=rules,
-                                                           data_iter=data_iter, goodput=goodput, log=log)
+    state, shardings, fraction = _restore_or_init(config, workdir, bundle, tx, mesh=mesh, rules=rules,
+                                                  data_iter=data_iter, goodput=goodput, log=log)
+    manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints,
+                                keep_period=config.keep_checkpoint_period)
     closers.callback(manager.close)
     if is_lead:
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -182,7 +184,7 @@ def _set_up(config, workdir: str, *, goodput, closers: contextlib.ExitStack) -> 
 
 
 def _restore_or_init(config, workdir: str, bundle, tx, *, mesh, rules, data_iter, goodput, log):
-    """``(state, shardings, manager, fraction)``: the newest checkpoint of ``workdir`` that verifies (damaged ones
+    """``(state, shardings, fraction)``: the newest checkpoint of ``workdir`` that verifies (damaged ones
     moved aside, said once), else a fresh state with the stage transition's weights (``config.init``); ``fraction``:
     the share of parameter bytes sharded over ``fsdp``, checked against ``config.mesh.min_sharded_fraction`` first."""
     boxed_params_fn = lambda: bundle.init_boxed_params(jax.random.key(config.seed))  # noqa: E731
@@ -194,13 +196,11 @@ def _restore_or_init(config, workdir: str, bundle, tx, *, mesh, rules, data_iter
     with goodput.phase("checkpoint"):
         state = ckpt.restore_newest_intact(workdir, abstract_state=abstract, shardings=shardings,
                                            data_iter=data_iter, log=log)
-    manager = ckpt.make_manager(workdir, max_to_keep=config.keep_checkpoints,
-                                keep_period=config.keep_checkpoint_period)
     if state is not None:
         log(f"resumed from step {int(state.step)} in {workdir}")
-        return state, shardings, manager, fraction
+        return state, shardings, fraction
     state, shardings = state_lib.init_state(boxed_params_fn, tx, mesh, rules, trainable=trainable)
-    return transition.initialize_from_sources(config, state), shardings, manager, fraction
+    return transition.initialize_from_sources(config, state), shardings, fraction
 
 
 @dataclasses.dataclass
@@ -213,7 +213,6 @@ class _Outcome:
 def _loop(run: _Run, *, watchdog, goodput, watcher) -> _Outcome:
     """Steps from the state's step to ``config.total_steps`` (or a preemption, or a non-finite streak)."""
     config, schedule = run.config, run.schedule
-    pause = watchdog.paused if watchdog is not None else contextlib.nullcontext
     with goodput.phase("data"):
         batch, wait = next(run.batches)
     with goodput.phase("compile"):   # the first bucket's step, before the loop
@@ -258,9 +257,14 @@ def _loop(run: _Run, *, watchdog, goodput, watcher) -> _Outcome:
                      f"preempted: exiting; the newest checkpoint is {newest} (the steps since were skipped)")
                 break
             if schedule.validate(done):   # after the save: a failing validation loses no steps
-                with goodput.phase("eval"), pause():
+                with goodput.phase("eval"), _paused(watchdog):
                     run.validate(done)
     return outcome
+
+
+def _paused(watchdog):
+    """The hang watchdog paused for a long step of known length (validation, the last save); a no-op without one."""
+    return watchdog.paused() if watchdog is not None else contextlib.nullcontext()
 
 
 def _say(run: _Run, line: str) -> None:
@@ -296,8 +300,7 @@ def _save(run: _Run, done: int, outcome: _Outcome, *, progress) -> None:
 def _finish(run: _Run, outcome: _Outcome, *, watchdog, goodput, closers) -> state_lib.TrainState:
     """Waits for the last save, closes the run's files, writes goodput.json and loss.png; raises
     :class:`NonFiniteLossError` when a non-finite streak stopped the run."""
-    pause = watchdog.paused if watchdog is not None else contextlib.nullcontext
-    with goodput.phase("checkpoint"), pause():  # the last asynchronous save may take long on a big state
+    with goodput.phase("checkpoint"), _paused(watchdog):  # the last asynchronous save may take long on a big state
         run.manager.wait_until_finished()
     closers.close()   # manager, prefetcher, metric writer, validator
     if run.is_lead:

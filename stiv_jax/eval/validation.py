@@ -5,8 +5,9 @@ Runs every ``config.sample_every`` optimizer steps (0: never); the other setting
 ``config.eval.validation`` (see :func:`default_validation_config`). The trainer checks the settings at start-up
 (:func:`check_settings`), builds the run's validator at the first due step (``for_run(config, workdir, bundle,
 mesh=..., rules=..., writer=...)``, which loads the held-out clips), calls ``validator.run(step, state.ema_params)``
-when a step is due (after that step's checkpoint) and closes it with the run; ``params`` may be sharded over ``mesh``. Samples come from one
-:class:`~stiv_jax.eval.generation.EvalSampler` per validator, so validations after the first compile nothing.
+when a step is due (after that step's checkpoint) and closes it with the run; ``params`` may be sharded over
+``mesh``. Samples come from one :class:`~stiv_jax.eval.generation.EvalSampler` per validator, so validations after
+the first compile nothing.
 
 Outputs of step ``s``: ``workdir/validation/step_{s:08d}_{t2v,ti2v}.mp4`` and ``.gif`` (a grid, one cell per
 sample), ``_frames.png`` (a row of frames per sample), the GIF as an animated image summary
