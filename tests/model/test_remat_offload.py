@@ -14,6 +14,8 @@ from stiv_jax.model.dit import STIVDiT, remat_policy
 
 from test_dit import BASE, init_params, make_inputs
 
+pytestmark = pytest.mark.unoptimized_compile  # a few steps of many programs: compiling dominates
+
 
 def _tpu_memory(policy: str, custom=()):
     """memory_analysis of the DiT's gradient on one compile-only v5e chip, with remat ``policy``."""

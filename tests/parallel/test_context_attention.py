@@ -19,6 +19,8 @@ from numerics import assert_close, assert_trees_close
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_ring_attention import normwise_error, normwise_tolerance  # noqa: E402
 
+pytestmark = pytest.mark.unoptimized_compile  # a few steps of many programs: compiling dominates
+
 
 def _mesh(**ici):
     return mesh_lib.build_mesh(ml_collections.ConfigDict({"ici": ici}))

@@ -20,6 +20,8 @@ from stiv_jax.model.bundle import build_model_bundle
 from stiv_jax.training.optimizer import build_optimizer
 from numerics import assert_close
 
+pytestmark = pytest.mark.unoptimized_compile  # a few steps of many programs: compiling dominates
+
 
 def local_config(stage, **model_overrides):
     config = __import__(f"experiments.{stage}", fromlist=["x"]).get_config("runlocal")

@@ -5,6 +5,8 @@ import pytest
 from numerics import assert_close, assert_trees_close
 from trainer_testlib import run_steps, tiny_config
 
+pytestmark = pytest.mark.unoptimized_compile  # a few steps of many programs: compiling dominates
+
 MESHES = {
     "fsdp": dict(data=2, fsdp=4, context=1, tensor=1),
     "fsdp_tensor": dict(data=1, fsdp=4, context=1, tensor=2),
