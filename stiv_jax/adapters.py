@@ -33,8 +33,8 @@ def lora_scale(config) -> float:
 def merge_lora(flat: dict, config) -> dict:
     """``{path: array}`` with every adapter pair folded into its kernel (``W + scale A B``) and removed.
 
-    ``A`` is ``[*lead, *in, r]``, ``B`` ``[*lead, r, *out]`` and the kernel ``[*lead, *in, *out]`` (``lead``:
-    the scanned ``layers`` axis, if any).
+    ``A`` is ``[*lead, prod(in), r]``, ``B`` ``[*lead, r, prod(out)]`` (stored flat) and the kernel
+    ``[*lead, *in, *out]`` (``lead``: the scanned ``layers`` axis, if any).
     """
     scale = lora_scale(config)
     out = {k: np.asarray(v) for k, v in flat.items() if not is_adapter(k)}
@@ -42,10 +42,7 @@ def merge_lora(flat: dict, config) -> dict:
         module = name[:-len("/lora_a")]
         a, b = np.asarray(flat[name], np.float32), np.asarray(flat[module + "/lora_b"], np.float32)
         kernel = out[module + "/kernel"]
-        lead = a.ndim + b.ndim - 2 - kernel.ndim
-        a2 = a.reshape(a.shape[:lead] + (-1, a.shape[-1]))
-        b2 = b.reshape(b.shape[:lead + 1] + (-1,))
-        delta = np.matmul(a2, b2).reshape(kernel.shape) * scale
+        delta = np.matmul(a, b).reshape(kernel.shape) * scale
         out[module + "/kernel"] = (kernel.astype(np.float32) + delta).astype(kernel.dtype)
     return out
 

@@ -41,8 +41,10 @@ class Linear(nn.Module):
     sharded at creation (``nn.DenseGeneral`` creates a flat kernel, which breaks multi-dim annotations).
 
     LoRA: when ``config.lora_rank > 0`` and ``config.lora_targets`` matches this module's path, the output gains
-    ``(alpha / r) * (dropout(x) A) B`` with ``lora_a`` ``[*in_dims, r]`` (names ``(*in_axes, 'lora_rank')``) and
-    ``lora_b`` ``[r, *features]`` (``('lora_rank', *out_axes)``), so the adapters shard like the kernel they adapt.
+    ``(alpha / r) * (dropout(x) A) B`` with ``lora_a`` ``[prod(in_dims), r]`` (names ``('lora_features',
+    'lora_rank')``) and ``lora_b`` ``[r, prod(features)]`` (``('lora_rank', 'lora_features')``): each factor is
+    stored flat so that its wide side shards over the weight axes (``lora_features`` maps like ``embed``) even
+    where the kernel's side is ``heads x head_dim`` or ``mlp``, which FSDP leaves whole.
     ``lora_b`` starts at zero: at init the output is exactly the base layer's.
     """
 
@@ -78,12 +80,13 @@ class Linear(nn.Module):
         cfg, rank = self.config, self.config.lora_rank
         a_init = nn.initializers.variance_scaling(1.0, "fan_in", "uniform", in_axis=tuple(range(self.num_in_dims)),
                                                   out_axis=(self.num_in_dims,))
-        in_axes, out_axes = self.axes[:self.num_in_dims], self.axes[self.num_in_dims:]
-        lora_a = self.param("lora_a", nn.with_logical_partitioning(a_init, in_axes + ("lora_rank",)),
-                            tuple(in_shape) + (rank,), cfg.weight_dtype)
+        flat_in, flat_out = math.prod(in_shape), math.prod(self.features)
+        init_a = lambda key, shape, dtype: a_init(key, tuple(in_shape) + (rank,), dtype).reshape(shape)  # noqa: E731
+        lora_a = self.param("lora_a", nn.with_logical_partitioning(init_a, ("lora_features", "lora_rank")),
+                            (flat_in, rank), cfg.weight_dtype).reshape(tuple(in_shape) + (rank,))
         lora_b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros_init(),
-                                                                   ("lora_rank",) + out_axes),
-                            (rank,) + tuple(self.features), cfg.weight_dtype)
+                                                                   ("lora_rank", "lora_features")),
+                            (rank, flat_out), cfg.weight_dtype).reshape((rank,) + tuple(self.features))
         if cfg.lora_dropout and self.has_rng("dropout"):   # training only: the train step passes the rng
             keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - cfg.lora_dropout, x.shape)
             x = jnp.where(keep, x / (1.0 - cfg.lora_dropout), 0).astype(x.dtype)

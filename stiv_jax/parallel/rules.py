@@ -36,6 +36,7 @@ DEFAULT_LOGICAL_RULES: Rules = (
     ("heads", "tensor"),
     ("head_dim", None),
     ("lora_rank", None),          # LoRA adapters: the rank axis is small, never sharded
+    ("lora_features", "fsdp"),    # their flattened wide side (in or out features): sharded like embed
     ("vocab", "tensor"),
     ("layers", None),
     ("norm", None),
@@ -53,16 +54,17 @@ _REPLICATED_ACTIVATIONS = (("activation_frames", None), ("activation_embed", Non
 
 PRESETS: dict[str, Rules] = {
     "fsdp": (_BATCH, _BATCH_TOKENS, ("activation_length", None), ("activation_heads", None),
-             ("activation_mlp", None), ("embed", "fsdp"), ("mlp", None), ("heads", None), ("vocab", None))
-            + _REPLICATED_ACTIVATIONS,
+             ("activation_mlp", None), ("embed", "fsdp"), ("lora_features", "fsdp"), ("mlp", None), ("heads", None),
+             ("vocab", None)) + _REPLICATED_ACTIVATIONS,
     "fsdp_tensor": (_BATCH, _BATCH_TOKENS, ("activation_length", None), ("activation_heads", "tensor"),
-                    ("activation_mlp", "tensor"), ("embed", "fsdp"), ("mlp", "tensor"), ("heads", "tensor"),
-                    ("vocab", None)) + _REPLICATED_ACTIVATIONS,
+                    ("activation_mlp", "tensor"), ("embed", "fsdp"), ("lora_features", "fsdp"), ("mlp", "tensor"),
+                    ("heads", "tensor"), ("vocab", None)) + _REPLICATED_ACTIVATIONS,
     # Context parallelism: the context axis also shards weights (as FSDP), else each context group would
     # hold a full replica of the parameters and optimizer state.
     "fsdp_context": (_BATCH, ("activation_batch_length", ("data", "fsdp", "context")),
                      ("activation_length", "context"), ("activation_heads", None), ("activation_mlp", None),
-                     ("embed", ("fsdp", "context")), ("mlp", None), ("heads", None), ("vocab", None))
+                     ("embed", ("fsdp", "context")), ("lora_features", ("fsdp", "context")), ("mlp", None),
+                     ("heads", None), ("vocab", None))
             + _REPLICATED_ACTIVATIONS,
 }
 

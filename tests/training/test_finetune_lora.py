@@ -59,6 +59,25 @@ def test_lora_at_init_gives_exactly_the_base_output():
     assert np.abs(velocity(lora_bundle, exports.unflatten(moved)) - want).max() > 1e-4
 
 
+@pytest.mark.parametrize("preset, axes", [("default", ("fsdp",)), ("fsdp", ("fsdp",)),
+                                           ("fsdp_context", ("fsdp", "context"))])
+def test_every_adapter_factor_shards_its_wide_side_like_the_weights(preset, axes):
+    """FSDP shards a kernel on its embed side; the factor that has none (B of query/key/value, A of out, the FFN's
+    mlp side) would be whole on every chip (measured on M-512 at rank 64: +3.8 GiB per v5p-256 chip)."""
+    from stiv_jax.model.bundle import build_model_bundle
+    from stiv_jax.parallel.rules import DEFAULT_LOGICAL_RULES, preset_rules
+    import flax.linen as nn
+    bundle = build_model_bundle(with_finetune(tiny_config(), lora=LORA))
+    specs = nn.get_partition_spec(jax.eval_shape(lambda: bundle.init_boxed_params(jax.random.key(0))))
+    rules = DEFAULT_LOGICAL_RULES if preset == "default" else preset_rules(preset)
+    adapters = {finetune.path_str(k): nn.logical_to_mesh_axes(s, rules) for k, s in
+                jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))[0]
+                if finetune.path_str(k).endswith(("lora_a", "lora_b"))}
+    assert len(adapters) >= 8
+    for name, spec in adapters.items():
+        assert tuple(spec)[-2 if name.endswith("lora_a") else -1] in (axes, axes[0]), (name, spec)
+
+
 def _train(config, steps=3):
     state, step_fn, mesh, rules, *_ = build_run(config)
     from stiv_jax.parallel import mesh as mesh_lib
