@@ -21,6 +21,8 @@ from stiv_jax.checkpointing import manager as ckpt  # noqa: E402
 from stiv_jax.model.bundle import ModelBundle  # noqa: E402
 from trainer_testlib import synthetic_iterator_factory, tiny_config  # noqa: E402
 
+pytestmark = pytest.mark.unoptimized_compile  # a few steps of many programs: compiling dominates
+
 
 def _config(**overrides):
     return tiny_config(**{"total_steps": 4, "checkpoint_every": 2, "keep_checkpoints": 3, **overrides})

@@ -12,6 +12,8 @@ from stiv_jax.encoders import pretrained
 from stiv_jax.model.bundle import build_model_bundle
 from tests.experiments.test_golden_configs import STAGES, load
 
+pytestmark = pytest.mark.unoptimized_compile  # a few steps of many programs: compiling dominates
+
 LAYOUT_WORDS = ("diffusion_pytorch_model.safetensors", "model.safetensors", "spiece.model", "config.json")
 
 

@@ -12,6 +12,8 @@ from stiv_jax.model.config import DiTConfig
 from stiv_jax.model.dit import STIVDiT, stack_block_params
 from numerics import assert_close
 
+pytestmark = pytest.mark.unoptimized_compile  # a few steps of many programs: compiling dominates
+
 BASE = dict(size="tiny", depth=2, decoder_depth=1, latent_channels=4, text_dim=16)  # width 64, 4 heads
 
 

@@ -18,6 +18,8 @@ import pytest
 from stiv_jax.parallel import context_attention, mesh as mesh_lib
 from stiv_jax.parallel.rules import preset_rules
 
+pytestmark = pytest.mark.unoptimized_compile  # a few steps of many programs: compiling dominates
+
 
 def normwise_tolerance(dtype, n: int) -> float:
     return 32 * float(jnp.finfo(dtype).eps) * np.sqrt(n)

@@ -12,6 +12,8 @@ from stiv_jax.checkpointing import exports
 from stiv_jax.training import finetune
 from numerics import assert_close
 
+pytestmark = pytest.mark.unoptimized_compile  # a few steps of many programs: compiling dominates
+
 LORA = dict(rank=4, alpha=8.0, dropout=0.0, targets=r"(attn|ffn)/")
 
 
