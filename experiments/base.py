@@ -130,6 +130,7 @@ def _data() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
     d.kind = "video"                       # video: decode clips; latent: precomputed VAE latents + text embeddings
     d.shards = ""                          # directory or glob of ArrayRecord clip shards, or "tfds:NAME@DATA_DIR"
+    d.shard_weights = ()                   # ((pattern, weight), ...): sources mixed batch by batch (shards = "")
     d.batch_size = 1024                    # global batch (paper: 4096 images, 1024 videos; divisible by the hosts)
     d.frames = 20                          # frames per training clip (1 = image stage)
     d.frame_stride = 3                     # keep 1 of every N source frames (App. B: 3)

@@ -16,9 +16,10 @@ ship uint8 pixels; normalisation happens on device (``stiv_jax.training.step.pix
 uninterrupted one would. Per-host numpy batches become global arrays with
 ``stiv_jax.parallel.mesh.host_to_global_batch``.
 
-Config (``config.data``): shards, kind (video|latent), batch_size, frames, frame_stride, frame_strides,
-resolution, random_crop, buckets, image_shards, image_weight, image_batch_size, image_buckets, num_threads, prefetch,
-num_workers, on_host_count_change (refuse|restart), on_damaged_shard (refuse|skip).
+Config (``config.data``): shards (or shard_weights: several sources mixed batch by batch, by weight), kind
+(video|latent), batch_size, frames, frame_stride, frame_strides, resolution, random_crop, buckets, image_shards,
+image_weight, image_batch_size, image_buckets, num_threads, prefetch, num_workers, on_host_count_change
+(refuse|restart), on_damaged_shard (refuse|skip).
 
 Damaged shards: every shard is opened at start-up; a truncated one (or a record whose bytes fail the ArrayRecord
 chunk hash later) is an error naming the shard file, or with ``config.data.on_damaged_shard="skip"`` the shard
@@ -249,9 +250,14 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
         video_buckets = buckets_lib.video_buckets(data_config)
         decode = (decoders.ClipDecoder(video_buckets, strides=strides, random_crop=bool(data_config.random_crop))
                   if kind == "video" else None)
-        streams = bucket_streams(open_source(data_config.shards, on_damaged=on_damaged),
-                                 kind="clip" if kind == "video" else "latent", buckets=video_buckets,
-                                 decode=decode, stride=stride, name=kind, **common)
+        sources = video_sources(data_config)
+        for i, (pattern, key, weight) in enumerate(sources):
+            name = kind if len(sources) == 1 else f"{kind}{i}"
+            part = bucket_streams(open_source(pattern, key=key, on_damaged=on_damaged),
+                                  kind="clip" if kind == "video" else "latent", buckets=video_buckets,
+                                  decode=decode, stride=stride, name=name,
+                                  **(common | dict(seed=seed if i == 0 else seed + 100 + i)))
+            streams |= part if len(sources) == 1 else _reweight(part, weight)
     if image_weight > 0:
         image_buckets = buckets_lib.image_buckets(data_config)
         decode = decoders.ImageDecoder(image_buckets, random_crop=bool(data_config.random_crop))
@@ -274,6 +280,25 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers,
                                                          per_worker_buffer_size=int(data_config.prefetch)))
     return ds
+
+
+def video_sources(data_config) -> list[tuple[str, str, float]]:
+    """``[(shard pattern, config key, weight)]`` of the clip (or latent) sources: ``config.data.shard_weights``,
+    ``((pattern, weight), ...)`` mixed batch by batch with those weights, or ``config.data.shards`` alone."""
+    pairs = tuple(data_config.get("shard_weights", None) or ())
+    if not pairs:
+        return [(data_config.shards, "config.data.shards", 1.0)]
+    if data_config.shards:
+        raise ValueError(f"config.data.shards={data_config.shards!r} and config.data.shard_weights are both set; "
+                         "set one (shard_weights lists every source with its weight)")
+    out = []
+    for i, pair in enumerate(pairs):
+        key = f"config.data.shard_weights[{i}]"
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2 or not isinstance(pair[0], str)
+                or not isinstance(pair[1], (int, float)) or not pair[1] > 0):
+            raise ValueError(f"{key}={pair!r}: expected (shard pattern, weight > 0)")
+        out.append((pair[0], key, float(pair[1])))
+    return out
 
 
 def _reweight(streams: dict, total: float) -> dict:
@@ -301,6 +326,8 @@ def fingerprint(data_config, seed: int, *, unset_at_default: bool = False) -> st
     described["seed"] = seed
     if data_config.frame_strides:   # only when set: older runs' fingerprints stay what they were
         described["frame_strides"] = str(tuple(data_config.frame_strides))
+    if data_config.get("shard_weights", None):
+        described["shard_weights"] = str(tuple(tuple(p) for p in data_config.shard_weights))
     return hashlib.sha1(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -398,7 +425,7 @@ def check_saved_host_count(data_iter_dir: str, process_count: int) -> None:
 def make_iterator(data_config, *, seed: int, tokenize: Tokenizer | None, process_index: int = 0,
                   process_count: int = 1) -> DataIterator:
     """A checkpointable iterator over this host's batches (see ``DataIterator``)."""
-    logging.info("data: %s (%s), buckets %s", data_config.shards, data_config.kind,
+    logging.info("data: %s (%s), buckets %s", [p for p, _, _ in video_sources(data_config)], data_config.kind,
                  [b.name for b in buckets_lib.video_buckets(data_config)])
     return DataIterator(data_config, seed=seed, tokenize=tokenize, process_index=process_index,
                         process_count=process_count)
