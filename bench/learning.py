@@ -66,7 +66,8 @@ def run_config(args):
     config.checkpoint_every = args.eval_every
     config.keep_checkpoint_period = args.eval_every   # every scored checkpoint stays
     config.sample_every = 0                           # scored after training, all steps alike
-    config.data.shards = os.path.join(args.data, "train", "*", "*.array_record")
+    config.data.shard_weights = tuple((pattern.replace(DATA, args.data, 1), weight)
+                                      for pattern, weight in config.data.shard_weights)
     config.eval.validation.heldout = os.path.join(args.data, "heldout", "real")
     return config
 

@@ -42,7 +42,10 @@ def get_config():
     config.text.dim = 128                 # text embedding width
     config.text.max_length = 40           # bytes per caption (digit captions have <= 31)
 
-    config.data.shards = "runs/demo_data/train/*/*.array_record"  # digits + real clips (see the docstring)
+    config.data.shards = ""                # the two sources below instead, mixed batch by batch
+    config.data.shard_weights = (         # (shards, weight): 3000 digit clips; 20 real ones, a quarter of the
+        ("runs/demo_data/train/digits", 0.75),  # batches, so that TI2V from a real frame is trained, not 1% of it
+        ("runs/demo_data/train/real", 0.25))
     config.data.batch_size = 32           # global batch
     config.optim.lr = 2e-3                # peak learning rate (batch 32)
     # JiT's timestep distribution for clean-clip prediction: logit(t) ~ N(-0.8, 0.8), more training near noise,
@@ -53,7 +56,7 @@ def get_config():
     config.data.resolution = 32           # square crop side in pixels
 
     config.diffusion.tasks = ml_collections.ConfigDict(dict(  # task weights of joint training (normalised)
-        t2v=0.5, ti2v=0.5, predict=0.0, interpolate=0.0, upsample=0.0, multiview=0.0, long=0.0))
+        t2v=0.75, ti2v=0.25, predict=0.0, interpolate=0.0, upsample=0.0, multiview=0.0, long=0.0))
 
     v = config.eval.validation
     v.prompts = (                         # fixed T2V prompts, one grid cell each: held-out digit x direction pairs

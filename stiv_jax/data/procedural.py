@@ -33,7 +33,7 @@ DIRECTION_VECTORS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0)
 SPEEDS = {"slowly": 1.0, "quickly": 2.0}      # pixels per frame in a 32-pixel frame
 COLOURS = {"red": (255, 64, 64), "green": (64, 230, 64), "blue": (90, 130, 255), "yellow": (250, 230, 40),
            "magenta": (245, 80, 245), "cyan": (40, 230, 240)}  # all bright (luma > 110) over a 15..75 background
-DIGIT_SIDE = 12                               # upscaled digit side in a 32-pixel frame
+DIGIT_SIDE = 16                               # upscaled digit side in a 32-pixel frame (2x the 8x8 originals)
 REFERENCE_SIZE = 32                           # the frame side the geometry above is given for
 HELDOUT_PAIRS = frozenset((d, DIRECTIONS[d % 4]) for d in range(10))  # (digit, direction) never trained on
 FPS = 8.0                                     # frames per second written in the clips

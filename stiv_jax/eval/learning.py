@@ -27,7 +27,7 @@ import numpy as np
 from stiv_jax.data import procedural
 
 SCORE_SIZE = procedural.REFERENCE_SIZE   # samples are scored at the generator's reference size
-CROP = 16                                # classifier window side, centred on the foreground centroid
+CROP = procedural.DIGIT_SIDE + 4         # classifier window side (20), centred on the foreground centroid
 BRIGHT_LOW, BRIGHT_HIGH = 100.0, 160.0   # foreground weight ramps from 0 to 1 as the brightest channel does
 FAST_PIXELS_PER_FRAME = 1.5              # between the slow (1) and quick (2) speeds
 CLASSIFIER_FRAMES = 6000                 # clean training frames of the digit classifier

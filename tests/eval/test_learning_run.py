@@ -36,6 +36,7 @@ def _config(shards: str, *, steps: int):
         config.total_steps = config.optim.decay_steps = config.checkpoint_every = steps
         config.sample_every = 0
         config.data.shards = os.path.join(shards, "*.array_record")
+        config.data.shard_weights = ()
         config.data.num_threads = 1
         config.console_metrics = False
     return config
