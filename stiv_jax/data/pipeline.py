@@ -252,6 +252,7 @@ def make_dataset(data_config, *, seed: int, process_index: int = 0, process_coun
                   if kind == "video" else None)
         sources = video_sources(data_config)
         for i, (pattern, key, weight) in enumerate(sources):
+            # One source keeps the stream name and seed it always had (saved iterator states stay valid).
             name = kind if len(sources) == 1 else f"{kind}{i}"
             part = bucket_streams(open_source(pattern, key=key, on_damaged=on_damaged),
                                   kind="clip" if kind == "video" else "latent", buckets=video_buckets,

@@ -220,13 +220,14 @@ def test_images_mix_with_videos_by_weight(demo_shards, tmp_path):
 
 def test_sources_mix_batch_by_batch_by_weight_and_resume(demo_shards, tmp_path):
     """config.data.shard_weights: real clips and procedural digit clips mixed 1:3 by batch; the state of the
-    mixture resumes exactly; a source given twice or a malformed pair is an error naming the key."""
+    mixture resumes exactly; shards and shard_weights both set, or a malformed pair, is an error naming the key."""
     from stiv_jax.data import procedural
     procedural.write_set(out=str(tmp_path / "digits"), num_clips=8, frames=8, num_shards=1)
     data = small_data_config("", shard_weights=((demo_shards, 1.0), (str(tmp_path / "digits"), 3.0)))
     run = pipeline.make_iterator(data, seed=0, tokenize=tokenize)
     batches = take(run, 16)
-    captions = [[bytes((row[row > 0] - 1).astype(np.uint8)).decode() for row in np.asarray(b["text_ids"])] for b in batches]
+    captions = [[bytes((row[row > 0] - 1).astype(np.uint8)).decode() for row in np.asarray(b["text_ids"])]
+                for b in batches]
     digit_batches = [all(c.split()[3:4] == ["moves"] for c in cs) for cs in captions]
     real_batches = [not any(c.split()[3:4] == ["moves"] for c in cs) for cs in captions]
     assert all(d or r for d, r in zip(digit_batches, real_batches)), "a batch mixes sources"
