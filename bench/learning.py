@@ -69,7 +69,34 @@ def run_config(args):
     config.data.shard_weights = tuple((pattern.replace(DATA, args.data, 1), weight)
                                       for pattern, weight in config.data.shard_weights)
     config.eval.validation.heldout = os.path.join(args.data, "heldout", "real")
+    for assignment in args.set:
+        apply_override(config, assignment)
     return config
+
+
+SIZE_FIELDS = ("model.depth", "model.width", "model.num_heads")   # outside the config's keys (model.size fills them)
+
+
+def apply_override(config, assignment: str) -> None:
+    """``KEY=VALUE`` (``model.width=192``, ``data.batch_size=16``; VALUE a Python literal or a bare string) set
+    on ``config``; an unknown KEY is an error naming it."""
+    import ast
+    key, sep, text = assignment.partition("=")
+    if not sep:
+        raise SystemExit(f"error: --set {assignment!r}: expected KEY=VALUE")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+        if name not in node:
+            raise SystemExit(f"error: --set {key}: config has no {name!r} (in {key!r})")
+        node = node[name]
+    if leaf not in node and key not in SIZE_FIELDS:
+        raise SystemExit(f"error: --set {key}: config has no key {key!r}")
+    node[leaf] = value
 
 
 def heldout_clips(source: str, count: int, frames: int, size: int) -> tuple[np.ndarray, list[str]]:
@@ -248,6 +275,8 @@ def parse_args(argv=None):
     p.add_argument("--last_only", action="store_true", help="score only the latest checkpoint")
     p.add_argument("--summary", action="store_true", help="print the last validation's scores of --workdir")
     p.add_argument("--write", action="store_true", help="write the BENCHMARKS.md section and docs/images plot")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of experiments/learning.py's config (repeatable): --set model.width=192")
     args = p.parse_args(argv)
     args.cfg_scales = [float(s) for s in args.cfg_scales.split(",")]
     args.fvd_steps = [int(s) for s in args.fvd_steps.split(",") if s] or [args.steps - args.eval_every, args.steps]

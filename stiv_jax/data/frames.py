@@ -20,7 +20,8 @@ _FAST_RANGES = (0, 1)           # AVCOL_RANGE_UNSPECIFIED, MPEG (limited)
 
 
 def crop_resize_rgb(frame, *, crop: tuple[int, int, int, int] | None = None,
-                    size: tuple[int, int] | None = None, reformatter=None) -> np.ndarray:
+                    size: tuple[int, int] | None = None, reformatter=None,
+                    dst: np.ndarray | None = None) -> np.ndarray:
     """A decoded ``av.VideoFrame`` as uint8 RGB ``[height, width, 3]``: crop first, then resize.
 
     Args:
@@ -29,15 +30,16 @@ def crop_resize_rgb(frame, *, crop: tuple[int, int, int, int] | None = None,
       size: optional output ``(height, width)``; bilinear (area averaging when shrinking by 2x or more).
       reformatter: an ``av.video.reformatter.VideoReformatter`` reused across the frames of a video (keeps its
         swscale context) for frames the YUV path does not take; None: a new one per frame.
+      dst: optional uint8 ``[out_h, out_w, 3]`` C-contiguous array written in place and returned (no copy).
     """
     top, left, height, width = _window(frame.height, frame.width, crop)
     out_h, out_w = size if size is not None else (height, width)
     if _fast(frame) and not (top % 2 or left % 2 or height % 2 or width % 2 or out_h % 2 or out_w % 2):
-        return _yuv420_crop_resize(frame, top, left, height, width, out_h, out_w)
+        return _yuv420_crop_resize(frame, top, left, height, width, out_h, out_w, dst)
     if reformatter is not None:
         frame = reformatter.reformat(frame, format="rgb24")
     rgb = frame.to_ndarray(format="rgb24")[top:top + height, left:left + width]
-    return _resize(rgb, out_h, out_w)
+    return _resize(rgb, out_h, out_w, dst)
 
 
 def _window(frame_h: int, frame_w: int, crop) -> tuple[int, int, int, int]:
@@ -74,7 +76,7 @@ def _plane(frame, index: int, height: int, width: int) -> np.ndarray:
     return rows[:, :width]
 
 
-def _yuv420_crop_resize(frame, top, left, height, width, out_h, out_w) -> np.ndarray:
+def _yuv420_crop_resize(frame, top, left, height, width, out_h, out_w, dst=None) -> np.ndarray:
     """Crops and resizes the Y, U and V planes (zero-copy views of the decoder's buffers) into one I420 buffer
     of the output size, then converts that to RGB."""
     i420 = np.empty((out_h * 3 // 2, out_w), np.uint8)
@@ -87,7 +89,10 @@ def _yuv420_crop_resize(frame, top, left, height, width, out_h, out_w) -> np.nda
         chroma = chroma[top // 2:(top + height) // 2, left // 2:(left + width) // 2]
         start = out_h * out_w + (k - 1) * quarter
         _resize(chroma, out_h // 2, out_w // 2, dst=flat[start:start + quarter].reshape(out_h // 2, out_w // 2))
-    return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
+    if dst is None:
+        return cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420)
+    cv2.cvtColor(i420, cv2.COLOR_YUV2RGB_I420, dst=dst)
+    return dst
 
 
 def avc_nal_length_size(codec_context) -> int:

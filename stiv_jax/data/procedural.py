@@ -139,9 +139,12 @@ def _place(alpha: np.ndarray, x0: float, y0: float, size: int) -> np.ndarray:
 
 
 def random_spec(rng: np.random.Generator, *, frames: int, split: str = "train", digit: int | None = None,
-                direction: str | None = None, speed: str | None = None, colour: str | None = None) -> ClipSpec:
+                direction: str | None = None, speed: str | None = None, colour: str | None = None,
+                exemplars: int = 0) -> ClipSpec:
     """A random clip of ``split`` ('train': pairs outside ``HELDOUT_PAIRS``; 'heldout': inside; 'any'), with
-    the digit entirely inside the frame at every frame. Fixed fields (digit, direction, ...) are kept."""
+    the digit entirely inside the frame at every frame. Fixed fields (digit, direction, ...) are kept.
+    ``exemplars`` > 0 draws the handwritten image from the first ``exemplars`` images of its class only (0: all
+    ~180 of them)."""
     images, labels = digit_images()
     while True:
         d = int(rng.integers(10)) if digit is None else digit
@@ -155,7 +158,7 @@ def random_spec(rng: np.random.Generator, *, frames: int, split: str = "train", 
     dx, dy = DIRECTION_VECTORS[way]
     along = lambda v: rng.uniform(travel if v < 0 else 0.0, room - (travel if v > 0 else 0.0))  # noqa: E731
     start = (along(dx), along(dy))
-    candidates = np.flatnonzero(labels == d)
+    candidates = np.flatnonzero(labels == d)[:exemplars or None]
     return ClipSpec(digit=d, image_index=int(rng.choice(candidates)), colour=hue, direction=way, speed=how,
                     start_xy=(float(start[0]), float(start[1])), texture_seed=int(rng.integers(2**31)))
 
@@ -181,29 +184,31 @@ def clip_record(spec: ClipSpec, video: np.ndarray, *, key: str) -> bytes:
 
 
 def write_set(*, out: str, num_clips: int, split: str = "train", frames: int = 8, size: int = REFERENCE_SIZE,
-              seed: int = 0, num_shards: int = 2) -> dict:
-    """Renders ``num_clips`` clips of ``split`` into ``num_shards`` ArrayRecord shards under ``out``.
+              seed: int = 0, num_shards: int = 2, exemplars: int = 0) -> dict:
+    """Renders ``num_clips`` clips of ``split`` into ``num_shards`` ArrayRecord shards under ``out``
+    (``exemplars``: handwritten images per digit, as in :func:`random_spec`).
 
     Returns (and writes as ``out/summary.json``) the clip count, the caption of every clip, and the settings.
     """
     from stiv_jax.data.build_shards import shard_path, write_shard
     if split not in ("train", "heldout", "any"):
         raise ValueError(f"--split={split!r}: expected train, heldout or any")
-    if num_clips < 1 or num_shards < 1 or frames < 2:
-        raise ValueError(f"--num_clips={num_clips}, --num_shards={num_shards}, --frames={frames}: need >= 1, 1, 2")
+    if num_clips < 1 or num_shards < 1 or frames < 2 or exemplars < 0:
+        raise ValueError(f"--num_clips={num_clips}, --num_shards={num_shards}, --frames={frames}, "
+                         f"--exemplars={exemplars}: need >= 1, 1, 2, 0")
     os.makedirs(out, exist_ok=True)
     rng = np.random.default_rng(seed)
     shards: list[list[bytes]] = [[] for _ in range(num_shards)]
     captions = []
     for index in range(num_clips):
-        spec = random_spec(rng, frames=frames, split=split)
+        spec = random_spec(rng, frames=frames, split=split, exemplars=exemplars)
         shards[index % num_shards].append(clip_record(spec, render(spec, frames=frames, size=size),
                                                       key=f"digits-{split}-{seed}-{index:06d}"))
         captions.append(spec.caption)
     for shard, records in enumerate(shards):
         write_shard(shard_path(out, shard, num_shards), records)
     summary = dict(clips=num_clips, shards=num_shards, split=split, frames=frames, size=size, seed=seed,
-                   captions=captions)
+                   exemplars=exemplars, captions=captions)
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(f"wrote {num_clips} {split} digit clips ({frames}x{size}x{size}) in {num_shards} shards to {out}")
@@ -214,7 +219,7 @@ def main(argv):
     del argv
     f = flags.FLAGS
     write_set(out=f.out, num_clips=f.num_clips, split=f.split, frames=f.frames, size=f.size, seed=f.seed,
-              num_shards=f.num_shards)
+              num_shards=f.num_shards, exemplars=f.exemplars)
 
 
 if __name__ == "__main__":
@@ -225,4 +230,5 @@ if __name__ == "__main__":
     flags.DEFINE_integer("size", REFERENCE_SIZE, "Frame side in pixels (geometry scales with it).")
     flags.DEFINE_integer("seed", 0, "Seed of the clip choices (use another seed for another set).")
     flags.DEFINE_integer("num_shards", 2, "ArrayRecord files.")
+    flags.DEFINE_integer("exemplars", 0, "Handwritten images per digit: the first N of each class (0: all).")
     app.run(main)

@@ -94,3 +94,14 @@ def test_scorer_on_noise_is_near_chance():
 def test_write_set_names_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="--split='test'"):
         procedural.write_set(out=str(tmp_path), num_clips=2, split="test")
+
+
+def test_exemplars_draw_each_digit_from_its_first_images_only():
+    images, labels = procedural.digit_images()
+    first = {d: set(np.flatnonzero(labels == d)[:3].tolist()) for d in range(10)}
+    rng = np.random.default_rng(5)
+    specs = [procedural.random_spec(rng, frames=8, split="any", exemplars=3) for _ in range(200)]
+    assert all(s.image_index in first[s.digit] for s in specs)
+    assert len({s.image_index for s in specs}) == 30   # every one of the 3 x 10 images is drawn
+    with pytest.raises(ValueError, match="exemplars"):
+        procedural.write_set(out="unused", num_clips=2, exemplars=-1)
