@@ -125,7 +125,8 @@ def build_text_encoder(text_config, *, abstract: bool = False) -> TextEncoder:
     tokenizer = text_tokenizers.build_tokenizer(tokenizer_kind, tokenizer_path)
 
     if kind == "token_embedding":
-        module = text_embedding.TokenEmbeddingEncoder(dim=text_config.dim)
+        # One trainable row per id of the tokenizer: bytes (257 ids) by default, or e.g. a word-piece vocabulary.
+        module = text_embedding.TokenEmbeddingEncoder(dim=text_config.dim, vocab_size=tokenizer.vocab_size)
         return TextEncoder(kind, module, tokenizer, max_length, int(text_config.dim), frozen=False)
 
     if text_config.get("hidden_layer", None) is not None and kind != "clip":

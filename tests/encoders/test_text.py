@@ -3,6 +3,7 @@ import io
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -181,3 +182,15 @@ def test_pretrained_encoder_given_as_its_safetensors_file(minilm):
     np.testing.assert_array_equal(ids, minilm.tokenize(SENTENCES[:2])[0])
     np.testing.assert_allclose(np.asarray(encoder.encode(encoder.pretrained_params, ids, mask).pooled),
                                np.asarray(minilm.encode(minilm.pretrained_params, ids, mask).pooled), atol=0)
+
+
+def test_trainable_embedding_has_a_row_per_id_of_its_tokenizer():
+    """token_embedding over the bytes (257 ids) or over a word-piece vocabulary (MiniLM's 30,522): every id the
+    tokenizer can emit has its own trainable row, so the digit '3' and the word 'left' are one token each."""
+    for tokenizer, vocab in ((dict(kind="", path=""), 257), (dict(kind="hf_json", path=MINILM), 30522)):
+        encoder = text.build_text_encoder(_config(kind="token_embedding", dim=32, frozen=False, tokenizer=tokenizer))
+        assert encoder.tokenizer.vocab_size == vocab and encoder.module.vocab_size == vocab
+        ids, mask = encoder.tokenize(["a red 3 moves left slowly"], 16)
+        params = nn.unbox(encoder.init(jax.random.PRNGKey(0), jnp.asarray(ids), jnp.asarray(mask))["params"])
+        assert params["embedding"]["embedding"].shape == (vocab, 32)
+        assert int(np.asarray(ids).max()) < vocab
