@@ -16,8 +16,8 @@ Rows, each with ``--workers`` loader processes (0: in the main process), every d
   crop, ``cv2.resize`` on uint8. (``torchcodec``, PyTorch's own decoder, has no build for the CPU torch wheel here:
   torchcodec 0.17's PyPI wheel links ``libtorch_cuda`` and a system FFmpeg 8; see BENCHMARKS.md.)
 - decode floor: only libavcodec's work for the same samples (the frames the codec must decode, no conversion, no
-  resize, no batching), in one process, and in ``--workers`` processes at once for the multi-process rows (two
-  decoders on two cores each take more CPU time per clip than one alone): the physical limit of each row.
+  resize, no batching), in one process, and in ``--workers`` processes at once for the multi-process rows (the
+  decoders then share the cores' caches and memory bandwidth): the physical limit of each row.
 CPU-ms per clip = user + system CPU time of the main process (all threads) and of every loader process, over the
 clips delivered; it does not depend on how busy the shared machine is, clips/s does. Prints a table and replaces the
 ``## data`` section of BENCHMARKS.md.
@@ -188,8 +188,8 @@ def _floor_worker(job) -> tuple[int, float]:
 
 
 def decode_floor_parallel(shards: str, args, workers: int) -> tuple[float, float]:
-    """The decode floor of a ``workers``-process row: ``decode_floor`` run in ``workers`` processes at once (the
-    cores then share caches, memory bandwidth and clock, which raises every decoder's CPU time per clip)."""
+    """The decode floor of a ``workers``-process row: ``decode_floor`` run in ``workers`` processes at once, so
+    the floor shares the cores the way the row's loader processes do."""
     import multiprocessing
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         results = pool.map(_floor_worker, [(shards, args)] * workers)

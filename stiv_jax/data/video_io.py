@@ -55,16 +55,15 @@ def decode_frames(source, *, start_frame: int = 0, num_frames: int | None = None
     Raises:
       VideoDecodeError: the video is corrupt, truncated or has fewer frames than requested.
     """
-    frames, reformatter, video = [], VideoReformatter(), None
+    frames, reformatter = [], VideoReformatter()
+    # A known output shape (frame count and size): every frame is written in place, no stack; otherwise (frames
+    # of a stream whose size may change) they are stacked at the end.
+    video = None if num_frames is None or size is None else np.empty((num_frames, *size, 3), np.uint8)
     try:
         for frame in iter_wanted_frames(source, start_frame=start_frame, num_frames=num_frames, stride=stride,
                                         threads=threads):
-            # With num_frames known, the first frame gives the shape and the others are written in place.
-            dst = video[len(frames)] if video is not None else None
+            dst = None if video is None else video[len(frames)]
             frames.append(frame_lib.crop_resize_rgb(frame, crop=crop, size=size, reformatter=reformatter, dst=dst))
-            if video is None and num_frames is not None:
-                video = np.empty((num_frames,) + frames[0].shape, np.uint8)
-                video[0] = frames[0]
     except (av.error.FFmpegError, OSError, ValueError, IndexError) as e:
         raise VideoDecodeError(f"cannot decode video {_name(source)}: {e}") from e
     if not frames or (num_frames is not None and len(frames) < num_frames):
